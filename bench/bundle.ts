@@ -1,0 +1,375 @@
+// SPDX-License-Identifier: LGPL-2.1-only
+// Benchmark of the kernel bundle: reading + bundling + rendering kernel.c, and compiling the
+// result with the C compiler, compared with the reference encoding (every byte as \xNN,
+// 16 bytes a line).
+//
+//   npx tsc -p tsconfig.json
+//   node dist/bench/bundle.js [VMLINUX] [--runs N] [--compile-runs N] [--line-lengths 64,4096,...]
+//
+// Without VMLINUX it uses KRUNFW_BENCH_VMLINUX, then the first vmlinux found under
+// /work/kernel-scratch (where this project's development machines keep kernel builds),
+// and otherwise synthesizes a 25 MiB ELF file.
+import { execa } from 'execa';
+import { access, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { DEFAULT_LINE_LENGTH, renderKernelSource } from '../src/bundle/c-source.js';
+import { bundleElfKernel, type KernelBundle } from '../src/bundle/layout.js';
+import { buildElf } from '../test/support/elf-fixture.js';
+
+const SCRATCH_DIRECTORY = '/work/kernel-scratch';
+const SYNTHETIC_SIZE = 25 * 1024 * 1024;
+const HEADER = { kernelVersion: 'benchmark' };
+
+interface Input {
+  path: string;
+  description: string;
+}
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    allowPositionals: true,
+    options: {
+      runs: { type: 'string', default: '7' },
+      'compile-runs': { type: 'string', default: '3' },
+      'line-lengths': { type: 'string' },
+      keep: { type: 'boolean', default: false },
+    },
+  });
+  const runs = positiveInteger(values.runs, '--runs');
+  const compileRuns = positiveInteger(values['compile-runs'], '--compile-runs');
+  const lineLengths = values['line-lengths']?.split(',').map((text) => positiveInteger(text, '--line-lengths'));
+  const cc = process.env.CC ?? 'cc';
+
+  const workDirectory = await mkdtemp(join(tmpdir(), 'krunfw-bench-'));
+  try {
+    const input = await findInput(positionals[0], workDirectory);
+    console.log(`input: ${input.description}`);
+    console.log(`machine: ${await describeMachine(cc)}`);
+    console.log('');
+
+    const bundle = await timeGeneration(input.path, runs);
+    const files = await writeSources(bundle, workDirectory);
+    await compareCompiles(files, bundle.bytes.byteLength, cc, compileRuns, workDirectory);
+    if (lineLengths !== undefined) {
+      await compareLineLengths(bundle, lineLengths, cc, compileRuns, workDirectory);
+    }
+    if (values.keep) {
+      console.log(`\nfiles kept in ${workDirectory}`);
+    }
+  } finally {
+    if (!values.keep) {
+      await rm(workDirectory, { recursive: true, force: true });
+    }
+  }
+}
+
+/** Times reading, bundling and rendering (median of `runs`) and returns the bundle. */
+async function timeGeneration(path: string, runs: number): Promise<KernelBundle> {
+  const samples = { read: [] as number[], bundle: [] as number[], render: [] as number[], total: [] as number[] };
+  let bundle: KernelBundle | undefined;
+  let sourceSize = 0;
+
+  for (let run = 0; run < runs; run++) {
+    const start = performance.now();
+    const data = await readFile(path);
+    const afterRead = performance.now();
+    bundle = bundleElfKernel(data, path);
+    const afterBundle = performance.now();
+    sourceSize = renderKernelSource(bundle, HEADER).byteLength;
+    const end = performance.now();
+
+    samples.read.push(afterRead - start);
+    samples.bundle.push(afterBundle - afterRead);
+    samples.render.push(end - afterBundle);
+    samples.total.push(end - start);
+  }
+  if (bundle === undefined) {
+    throw new Error('no run');
+  }
+
+  console.log(`kernel.c generation, median of ${runs} runs (first run includes JIT warm-up):`);
+  console.log(`  read vmlinux      ${formatMs(median(samples.read))}`);
+  console.log(`  bundleElfKernel   ${formatMs(median(samples.bundle))}  (${formatMiB(bundle.bytes.byteLength)} bundle)`);
+  console.log(`  renderKernelSource ${formatMs(median(samples.render))}  (${formatMiB(sourceSize)} kernel.c)`);
+  console.log(`  total             ${formatMs(median(samples.total))}  (slowest run ${formatMs(Math.max(...samples.total))})`);
+  console.log('');
+  return bundle;
+}
+
+interface SourceFile {
+  label: string;
+  path: string;
+  size: number;
+  generationMs: number;
+}
+
+async function writeSources(bundle: KernelBundle, directory: string): Promise<SourceFile[]> {
+  const files: SourceFile[] = [];
+  const variants: { label: string; render: () => Buffer }[] = [
+    { label: 'reference (\\xNN, 16 a line)', render: () => renderReferenceSource(bundle) },
+    { label: `new (octal, ${DEFAULT_LINE_LENGTH} a line)`, render: () => renderKernelSource(bundle, HEADER) },
+  ];
+  for (const [index, variant] of variants.entries()) {
+    const start = performance.now();
+    const source = variant.render();
+    const generationMs = performance.now() - start;
+    const path = join(directory, `kernel-${index}.c`);
+    await writeFile(path, source);
+    files.push({ label: variant.label, path, size: source.byteLength, generationMs });
+  }
+  return files;
+}
+
+async function compareCompiles(
+  files: SourceFile[],
+  bundleSize: number,
+  cc: string,
+  runs: number,
+  directory: string,
+): Promise<void> {
+  const rows: string[][] = [['C file', 'size', 'x bundle', 'write (1 run)', 'cc -O0', 'max RSS -O0', 'cc -O2', 'max RSS -O2', '.so size']];
+  for (const file of files) {
+    const output = `${file.path}.so`;
+    const o0 = await timeCompile(cc, file.path, output, '-O0', runs);
+    const o2 = await timeCompile(cc, file.path, output, '-O2', runs);
+    const librarySize = (await stat(output)).size;
+    rows.push([
+      file.label,
+      formatMiB(file.size),
+      (file.size / bundleSize).toFixed(2),
+      formatMs(file.generationMs),
+      formatSeconds(o0.seconds),
+      o0.maxRssKiB === undefined ? 'n/a' : formatMiB(o0.maxRssKiB * 1024),
+      formatSeconds(o2.seconds),
+      o2.maxRssKiB === undefined ? 'n/a' : formatMiB(o2.maxRssKiB * 1024),
+      formatMiB(librarySize),
+    ]);
+  }
+  console.log(`compile with ${cc} -fPIC -shared -DABI_VERSION=5, median of ${runs} runs:`);
+  printTable(rows);
+}
+
+async function compareLineLengths(
+  bundle: KernelBundle,
+  lineLengths: number[],
+  cc: string,
+  runs: number,
+  directory: string,
+): Promise<void> {
+  const rows: string[][] = [['line length', 'kernel.c size', 'cc -O0', 'max RSS -O0']];
+  for (const lineLength of lineLengths) {
+    const path = join(directory, `kernel-line-${lineLength}.c`);
+    const source = renderKernelSource(bundle, HEADER, { lineLength });
+    await writeFile(path, source);
+    const result = await timeCompile(cc, path, `${path}.so`, '-O0', runs);
+    rows.push([
+      String(lineLength),
+      formatMiB(source.byteLength),
+      formatSeconds(result.seconds),
+      result.maxRssKiB === undefined ? 'n/a' : formatMiB(result.maxRssKiB * 1024),
+    ]);
+  }
+  console.log(`\nline length of the new encoding, ${cc} -O0, median of ${runs} runs:`);
+  printTable(rows);
+}
+
+interface CompileResult {
+  seconds: number;
+  maxRssKiB?: number;
+}
+
+/** GNU time reports the child's maximum RSS; BSD time (macOS) has no -f, so it is skipped there. */
+let gnuTime: boolean | undefined;
+
+async function timeCompile(cc: string, source: string, output: string, optimization: string, runs: number): Promise<CompileResult> {
+  if (gnuTime === undefined) {
+    gnuTime = await access('/usr/bin/time').then(
+      async () => (await execa('/usr/bin/time', ['-f', '%M', 'true'], { reject: false })).exitCode === 0,
+      () => false,
+    );
+  }
+  const args = [optimization, '-fPIC', '-shared', '-DABI_VERSION=5', '-o', output, source];
+  const seconds: number[] = [];
+  const rss: number[] = [];
+  for (let run = 0; run < runs; run++) {
+    const start = performance.now();
+    const result = gnuTime ? await execa('/usr/bin/time', ['-f', '%M', cc, ...args]) : await execa(cc, args);
+    seconds.push((performance.now() - start) / 1000);
+    if (gnuTime) {
+      rss.push(Number(result.stderr.trim().split('\n').at(-1)));
+    }
+  }
+  return { seconds: median(seconds), maxRssKiB: rss.length > 0 ? median(rss) : undefined };
+}
+
+/**
+ * Writes the reference encoding: every byte as a two-digit \xNN escape, 16 bytes a line,
+ * with the same declarations around it as the new encoding so both compile to the same library.
+ */
+function renderReferenceSource(bundle: KernelBundle): Buffer {
+  const newSource = renderKernelSource(bundle, HEADER, { lineLength: 1 << 30 });
+  const text = newSource.toString('latin1');
+  const start = text.indexOf('=\n"') + 2;
+  const end = text.indexOf('";\n', start) + 1;
+  const prefix = newSource.subarray(0, start);
+  const suffix = newSource.subarray(end);
+
+  const bytes = bundle.bytes;
+  const lines = Math.ceil(bytes.byteLength / 16);
+  const out = Buffer.allocUnsafe(prefix.byteLength + bytes.byteLength * 4 + lines * 3 + suffix.byteLength);
+  let position = prefix.copy(out, 0);
+  const hex = Buffer.from('0123456789abcdef', 'latin1');
+  for (let i = 0; i < bytes.byteLength; i++) {
+    if (i % 16 === 0) {
+      if (i > 0) {
+        out[position++] = 0x22; // "
+        out[position++] = 0x0a;
+      }
+      out[position++] = 0x22;
+    }
+    const byte = bytes[i];
+    out[position++] = 0x5c; // backslash
+    out[position++] = 0x78; // x
+    out[position++] = hex[byte >> 4];
+    out[position++] = hex[byte & 15];
+  }
+  out[position++] = 0x22;
+  position += suffix.copy(out, position);
+  return out.subarray(0, position);
+}
+
+async function findInput(argument: string | undefined, workDirectory: string): Promise<Input> {
+  const given = argument ?? process.env.KRUNFW_BENCH_VMLINUX;
+  if (given !== undefined) {
+    return { path: given, description: `${given} (${formatMiB((await stat(given)).size)})` };
+  }
+  const found = await findScratchVmlinux();
+  if (found !== undefined) {
+    return { path: found, description: `${found} (${formatMiB((await stat(found)).size)}, found under ${SCRATCH_DIRECTORY})` };
+  }
+  const path = join(workDirectory, 'synthetic-vmlinux');
+  await writeFile(path, synthesizeVmlinux());
+  return {
+    path,
+    description:
+      `synthetic ${formatMiB(SYNTHETIC_SIZE)} ELF file (no vmlinux given or found). Its byte mix only imitates ` +
+      'a kernel, so encoded size and compile time differ from a real vmlinux.',
+  };
+}
+
+/** Looks for SCRATCH/*\/vmlinux and SCRATCH/*\/*\/vmlinux, the layouts of a kernel build there. */
+async function findScratchVmlinux(): Promise<string | undefined> {
+  const candidates: string[] = [];
+  const entries = await readdir(SCRATCH_DIRECTORY, { withFileTypes: true }).catch(() => []);
+  for (const entry of entries.filter((item) => item.isDirectory()).sort((a, b) => a.name.localeCompare(b.name))) {
+    const directory = join(SCRATCH_DIRECTORY, entry.name);
+    candidates.push(join(directory, 'vmlinux'));
+    const children = await readdir(directory, { withFileTypes: true }).catch(() => []);
+    for (const child of children.filter((item) => item.isDirectory()).sort((a, b) => a.name.localeCompare(b.name))) {
+      candidates.push(join(directory, child.name, 'vmlinux'));
+    }
+  }
+  for (const candidate of candidates) {
+    if (await access(candidate).then(() => true, () => false)) {
+      return candidate;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Builds a 25 MiB ELF file shaped like an x86_64 vmlinux: text of pseudo-random bytes with
+ * runs of zeros, read-only data of ASCII strings and zeros, and data that is mostly zeros.
+ */
+function synthesizeVmlinux(): Uint8Array {
+  let state = 0x1234567;
+  const next = (): number => {
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state;
+  };
+  const text = new Uint8Array(Math.floor(SYNTHETIC_SIZE * 0.6));
+  for (let i = 0; i < text.length; i++) {
+    const value = next();
+    text[i] = value % 8 === 0 ? 0 : value >>> 24;
+  }
+  const words = ['kernel', 'virtio', 'device', 'failed', '%s: %d\n', 'memory', 'cpu', '0x%lx', 'error'];
+  const rodata = new Uint8Array(Math.floor(SYNTHETIC_SIZE * 0.25));
+  for (let i = 0; i < rodata.length; ) {
+    const value = next();
+    if (value % 3 === 0) {
+      rodata.fill(0, i, i + (value % 64));
+      i += value % 64;
+    } else {
+      const word = Buffer.from(words[value % words.length], 'latin1');
+      rodata.set(word.subarray(0, rodata.length - i), i);
+      i += word.length;
+    }
+  }
+  const data = new Uint8Array(SYNTHETIC_SIZE - text.length - rodata.length);
+  for (let i = 0; i < data.length; i += 1 + (next() % 32)) {
+    data[i] = next() >>> 24;
+  }
+  const load = 0x1000000n;
+  return buildElf({
+    entry: load,
+    segments: [
+      { paddr: load, data: text },
+      { paddr: load + BigInt(align(text.length, 0x200000)), data: rodata },
+      { paddr: load + BigInt(align(text.length, 0x200000) + align(rodata.length, 0x200000)), data, memsz: BigInt(data.length + 0x100000) },
+    ],
+  });
+}
+
+async function describeMachine(cc: string): Promise<string> {
+  const cpuInfo = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+  const model = /^model name\s*:\s*(.*)$/m.exec(cpuInfo)?.[1] ?? 'unknown CPU';
+  const cpus = (cpuInfo.match(/^processor\s*:/gm) ?? []).length;
+  const compiler = (await execa(cc, ['--version'], { reject: false })).stdout.split('\n')[0];
+  return `${model}, ${cpus} CPUs, Node ${process.version}, ${compiler}`;
+}
+
+function printTable(rows: string[][]): void {
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
+  for (const row of rows) {
+    console.log(`  ${row.map((cell, column) => cell.padEnd(widths[column])).join('  ')}`);
+  }
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+function positiveInteger(text: string | undefined, option: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new Error(`${option} must be a positive integer, not ${text}`);
+  }
+  return value;
+}
+
+function align(value: number, alignment: number): number {
+  return Math.ceil(value / alignment) * alignment;
+}
+
+function formatMs(ms: number): string {
+  return `${ms.toFixed(1)} ms`;
+}
+
+function formatSeconds(seconds: number): string {
+  return `${seconds.toFixed(2)} s`;
+}
+
+function formatMiB(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+await main();

@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: LGPL-2.1-only
+import yargs, { type Argv } from 'yargs';
+import { hideBin } from 'yargs/helpers';
+import { toolVersion } from '../versions.js';
+import { buildCommand } from './build.js';
+import { bundleCommand } from './bundle.js';
+import { linkCommand } from './link.js';
+
+export async function main(argv: string[]): Promise<void> {
+  let cli: Argv = yargs(hideBin(argv))
+    .scriptName('krunfw-mac')
+    .usage('$0 <command> [options]\n\nBuilds libkrunfw, the Linux kernel packaged as a library for libkrun.')
+    .option('verbose', { type: 'boolean', default: false, description: 'Stream all build output and show stack traces' })
+    .option('json', { type: 'boolean', default: false, description: 'Print one machine-readable result on stdout' })
+    .version(toolVersion())
+    .strict()
+    .demandCommand(1, 'Name a command; see --help.')
+    .recommendCommands()
+    .wrap(Math.min(110, process.stdout.columns || 110))
+    .help();
+  for (const register of [buildCommand, bundleCommand, linkCommand]) cli = register(cli);
+  await cli.parseAsync();
+}

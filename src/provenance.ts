@@ -1,0 +1,30 @@
+// SPDX-License-Identifier: LGPL-2.1-only
+import { writeFileAtomic } from './files.js';
+
+/**
+ * What went into a library, written beside kernel.c as provenance.json. It
+ * has no timestamp: the same inputs give the same file. The kernel's own
+ * build timestamp is fixed too, so the bundle hash is the build identifier.
+ */
+export interface Provenance {
+  tool: { name: string; version: string };
+  variant: string;
+  arch: string;
+  abi: number;
+  kernel: {
+    version: string;
+    /** The tarball's URL or local path, and its SHA-256. */
+    tarball: { name: string; sha256: string };
+    /** vmlinux or Image, as built. */
+    artifact: { name: string; sha256: string };
+  };
+  patches: Array<{ name: string; sha256: string }>;
+  /** The expanded .config's SHA-256 and the inputs it came from. */
+  config: { sha256: string; maxCpus: number; fragments: Array<{ name: string; sha256: string }> };
+  bundle: { file: string; sha256: string; sourceSha256: string; loadAddress: string; entryAddress: string };
+  library: { file: string; soname: string; sha256: string };
+}
+
+export async function writeProvenance(path: string, provenance: Provenance): Promise<void> {
+  await writeFileAtomic(path, JSON.stringify(provenance, null, 2) + '\n');
+}
