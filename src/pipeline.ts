@@ -1,16 +1,20 @@
 // SPDX-License-Identifier: LGPL-2.1-only
-import { access, mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
-import { type ListrTask, type ListrTaskWrapper, Listr, ProcessOutput } from 'listr2';
+import { type ListrTask, type ListrTaskWrapper, Listr, PRESET_TIMER, ProcessOutput } from 'listr2';
 import { bundleElfKernel, bundleRaw } from './bundle/layout.js';
 import { renderKernelSource } from './bundle/c-source.js';
 import { KrunfwError } from './errors.js';
 import type { Executor } from './exec/executor.js';
+import { GuestSite, inputDirectory } from './exec/guest-site.js';
+import { KrunvmExecutor } from './exec/krunvm.js';
+import type { BuildSite } from './exec/site.js';
+import { deleteVm, prepareVm } from './vm.js';
 import { symlinkAtomic, writeFileAtomic } from './files.js';
 import { sha256, sha256File } from './hash.js';
 import { linkLibrary } from './link.js';
 import type { Plan } from './plan.js';
-import { checkBuildHost } from './preflight.js';
+import { checkBuildHost, checkHostCompiler } from './preflight.js';
 import { type Provenance, writeProvenance } from './provenance.js';
 import { runSelfTest } from './selftest/selftest.js';
 import { hashInputs, runStamped } from './stamps.js';
@@ -20,6 +24,9 @@ import { buildKernelCommand, kernelVersionCommand } from './stages/kernel.js';
 import { type PatchFile, applyPatchCommand, listPatches } from './stages/patches.js';
 import { KERNEL_TREE_MARKERS, extractCommand } from './stages/source.js';
 import { packageRoot } from './versions.js';
+
+/** SHA-256 of zero bytes: an empty artifact is no artifact. */
+const EMPTY_FILE_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
 /** Bump when the bundle layout or C encoding changes, so stamped kernel.c files are rewritten. */
 const BUNDLE_FORMAT = 1;
@@ -71,7 +78,10 @@ interface BundleFacts {
 }
 
 export interface PipelineOptions {
+  /** Runs the host stages: link and self-test. */
   executor: Executor;
+  /** Where the kernel stages run; for a VM build it is set once the VM is ready. */
+  site?: BuildSite;
   signal?: AbortSignal;
   /** Stream every subprocess line instead of a progress display. */
   verbose?: boolean;
@@ -87,15 +97,6 @@ function stampFile(plan: Plan, stage: string): string {
 
 function logFile(plan: Plan, stage: string): string {
   return join(plan.paths.logs, `${stage}.log`);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await access(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** A shipped file's path relative to the package, so provenance does not depend on where it is installed. */
@@ -192,16 +193,10 @@ async function obtainTarball(plan: Plan, task: Task, signal?: AbortSignal): Prom
 }
 
 /** Removes temporary trees left by a run that was killed before it could clean up. */
-async function removeStaleTrees(stateDirectory: string): Promise<void> {
-  let names: string[] = [];
-  try {
-    names = await readdir(stateDirectory);
-  } catch {
-    return;
+async function removeStaleTrees(site: BuildSite): Promise<void> {
+  for (const name of await site.list(site.buildDirectory)) {
+    if (name.startsWith('tree.tmp-')) await site.remove(`${site.buildDirectory}/${name}`);
   }
-  await Promise.all(
-    names.filter((name) => name.startsWith('tree.tmp-')).map((name) => rm(join(stateDirectory, name), { recursive: true, force: true })),
-  );
 }
 
 /** Describes the rejected hunks of a failed patch, if patch wrote any. */
@@ -214,34 +209,41 @@ async function rejectedHunks(rejectFile: string): Promise<string | undefined> {
   }
 }
 
+function treeDirectory(site: BuildSite): string {
+  return `${site.buildDirectory}/tree`;
+}
+
 /**
  * Extracts the tarball and applies the patch series in a temporary directory,
  * then renames it to the tree. A tree whose extraction or patching failed is
  * deleted, never reused.
  */
 async function prepareTree(plan: Plan, context: BuildContext, task: Task, options: PipelineOptions): Promise<void> {
+  const site = options.site!;
   const tarball = context.tarball!;
   const patches = context.patches!;
+  const tree = treeDirectory(site);
   const inputs = { tarball: tarball.sha256, patches: patches.map((patch) => [patch.name, patch.sha256]) };
-  const versionFile = join(plan.paths.stateDirectory, 'kernelversion');
   const outcome = await runStamped({
     stampFile: stampFile(plan, 'tree'),
     inputs,
-    outputFiles: [versionFile],
-    outputDirectories: [plan.paths.tree],
+    outputFiles: [],
+    outputDirectories: [tree],
+    probe: site,
     run: async () => {
       await rm(stampFile(plan, 'config'), { force: true });
-      await removeStaleTrees(plan.paths.stateDirectory);
-      await rm(plan.paths.tree, { recursive: true, force: true });
-      const temporary = join(plan.paths.stateDirectory, `tree.tmp-${process.pid}`);
-      await mkdir(temporary, { recursive: true });
-      let version: string;
+      await site.makeDirectory(site.buildDirectory);
+      await removeStaleTrees(site);
+      await site.remove(tree);
+      const temporary = `${site.buildDirectory}/tree.tmp-${process.pid}`;
+      await site.makeDirectory(temporary);
       try {
         task.output = `Extracting ${tarball.path}`;
         await rm(logFile(plan, 'extract'), { force: true });
-        await options.executor.run(extractCommand(tarball.path, temporary), { logFile: logFile(plan, 'extract'), signal: options.signal });
+        const siteTarball = await site.stageInput(tarball.path);
+        await site.executor.run(extractCommand(siteTarball, temporary), { logFile: logFile(plan, 'extract'), signal: options.signal });
         for (const marker of KERNEL_TREE_MARKERS) {
-          if (!(await exists(join(temporary, marker)))) {
+          if ((await site.kind(`${temporary}/${marker}`)) === undefined) {
             throw new KrunfwError(`${tarball.path} does not look like a Linux kernel source tarball: ${marker} is missing`, {
               hint: 'Pass a linux-<version>.tar.xz from kernel.org or a distribution kernel source tarball.',
             });
@@ -251,9 +253,10 @@ async function prepareTree(plan: Plan, context: BuildContext, task: Task, option
         for (const patch of patches) {
           task.output = `Applying ${patch.name}`;
           const rejectFile = join(plan.paths.logs, `${patch.name}.rej`);
+          await mkdir(plan.paths.logs, { recursive: true });
           await rm(rejectFile, { force: true });
           try {
-            await options.executor.run(applyPatchCommand(patch.path, temporary, rejectFile), {
+            await site.executor.run(applyPatchCommand(await site.stageInput(patch.path), temporary, site.toSite(rejectFile)), {
               logFile: logFile(plan, 'patch'),
               signal: options.signal,
             });
@@ -267,17 +270,19 @@ async function prepareTree(plan: Plan, context: BuildContext, task: Task, option
             });
           }
         }
-        version = await options.executor.capture(kernelVersionCommand(temporary), { signal: options.signal });
-        await writeFileAtomic(versionFile, version + '\n');
-        await rename(temporary, plan.paths.tree);
+        const kernelVersion = await site.executor.capture(kernelVersionCommand(temporary), { signal: options.signal });
+        if (!/^\d+\.\d+/.test(kernelVersion)) {
+          throw new KrunfwError(`Could not read the kernel version of ${tarball.path}: make kernelversion printed "${kernelVersion}"`);
+        }
+        await site.rename(temporary, tree);
+        return { kernelVersion };
       } catch (error) {
-        await rm(temporary, { recursive: true, force: true });
+        await site.remove(temporary);
         throw error;
       }
-      return { kernelVersion: version };
     },
   });
-  context.kernelVersion = (await readFile(versionFile, 'utf8')).trim();
+  context.kernelVersion = outcome.data.kernelVersion;
   context.treeStamp = hashInputs(inputs);
   context.stages.tree = outcome.skipped ? 'skipped' : 'ran';
   task.title = outcome.skipped
@@ -286,11 +291,14 @@ async function prepareTree(plan: Plan, context: BuildContext, task: Task, option
 }
 
 async function configureKernel(plan: Plan, context: BuildContext, task: Task, options: PipelineOptions): Promise<void> {
+  const site = options.site!;
   const requested = await readFragments(plan.configFragments);
   requested.set('NR_CPUS', { value: String(plan.maxCpus), source: '--max-cpus', line: 0 });
   const merged = renderFragment(requested);
   const mergedPath = join(plan.paths.stateDirectory, 'merged.config');
-  const configPath = join(plan.paths.tree, '.config');
+  const tree = treeDirectory(site);
+  const configPath = `${tree}/.config`;
+  const hostConfigPath = join(plan.paths.stateDirectory, 'kernel.config');
   const target = { makeArch: plan.kernel.makeArch, crossCompile: plan.kernel.crossCompile };
   const inputs = { tree: context.treeStamp, merged, target };
 
@@ -298,22 +306,23 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
     stampFile: stampFile(plan, 'config'),
     inputs,
     outputFiles: [configPath],
+    probe: site,
     run: async () => {
       await writeFileAtomic(mergedPath, merged);
       await rm(logFile(plan, 'configure'), { force: true });
       task.output = 'make allnoconfig with the merged fragments';
-      await options.executor.run(expandConfigCommand(plan.paths.tree, mergedPath, target), {
+      await site.executor.run(expandConfigCommand(tree, site.toSite(mergedPath), target), {
         logFile: logFile(plan, 'configure'),
         signal: options.signal,
       });
-      const dropped = auditConfig(requested, parseConfig(await readFile(configPath, 'utf8'), '.config'));
+      const dropped = auditConfig(requested, parseConfig(await site.readText(configPath), '.config'));
       const warnings: string[] = [];
       if (dropped.length > 0) {
         const message = `The kernel dropped ${dropped.length} requested config option(s):\n${formatDropped(dropped)}`;
         if (!plan.allowDropped) {
           // Without a stamp the next run configures again; remove .config too so make cannot use it.
-          await rm(configPath, { force: true });
-          throw new KrunfwError(message.split('\n')[0]!, {
+          await site.remove(configPath);
+          throw new KrunfwError(`The kernel dropped ${dropped.length} requested config option(s)`, {
             details: formatDropped(dropped),
             hint: 'An option is dropped when its dependencies are not met or the kernel has no such symbol. Fix the fragment, or pass --allow-dropped to build anyway.',
           });
@@ -328,25 +337,29 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
   const fragments = await Promise.all(
     plan.configFragments.map(async (path) => ({ name: displayPath(path), sha256: await sha256File(path) })),
   );
-  context.config = { path: configPath, sha256: outcome.outputs[configPath]!, stamp: hashInputs(inputs), fragments };
+  await site.bringBack(configPath, hostConfigPath);
+  context.config = { path: hostConfigPath, sha256: outcome.outputs[configPath]!, stamp: hashInputs(inputs), fragments };
   context.stages.config = outcome.skipped ? 'skipped' : 'ran';
   task.title = `Configure: ${outcome.skipped ? 'up to date' : `.config written${outcome.data.warnings.length ? ' (with dropped options)' : ''}`}`;
 }
 
 async function buildKernel(plan: Plan, context: BuildContext, task: Task, options: PipelineOptions): Promise<void> {
-  const artifactPath = join(plan.paths.tree, plan.kernel.artifact);
-  const command = buildKernelCommand(plan.paths.tree, plan.kernel, plan.jobs);
+  const site = options.site!;
+  const tree = treeDirectory(site);
+  const artifactPath = `${tree}/${plan.kernel.artifact}`;
+  const command = buildKernelCommand(tree, plan.kernel, plan.jobs);
   // -j does not change the result, so it is no input.
   const inputs = { config: context.config!.stamp, configSha256: context.config!.sha256, env: command.env, target: plan.kernel };
   const outcome = await runStamped({
     stampFile: stampFile(plan, 'kernel'),
     inputs,
     outputFiles: [artifactPath],
+    probe: site,
     run: async () => {
       await rm(logFile(plan, 'build'), { force: true });
       const reporter = options.verbose ? undefined : elapsedReporter(task, `make ${plan.kernel.makeTarget}`);
       try {
-        await options.executor.run(command, {
+        await site.executor.run(command, {
           logFile: logFile(plan, 'build'),
           signal: options.signal,
           onLine: reporter?.onLine ?? ((line) => (task.output = line)),
@@ -354,13 +367,17 @@ async function buildKernel(plan: Plan, context: BuildContext, task: Task, option
       } finally {
         reporter?.stop();
       }
-      if (!(await exists(artifactPath))) {
+      // Old krunvm and libkrun report success for every command, so the artifact is the proof.
+      const digest = (await site.kind(artifactPath)) === 'file' ? await site.sha256(artifactPath) : undefined;
+      if (digest === undefined || digest === EMPTY_FILE_SHA256) {
         throw new KrunfwError(`make finished but ${artifactPath} was not produced`, { hint: `See ${logFile(plan, 'build')}` });
       }
       return {};
     },
   });
-  context.artifact = { path: artifactPath, sha256: outcome.outputs[artifactPath]! };
+  const sha = outcome.outputs[artifactPath]!;
+  const hostArtifact = await site.bringBack(artifactPath, join(plan.paths.stateDirectory, 'artifact', plan.kernel.artifact.split('/').pop()!));
+  context.artifact = { path: hostArtifact, sha256: sha };
   context.stages.kernel = outcome.skipped ? 'skipped' : 'ran';
   task.title = `Build ${plan.kernel.makeTarget}: ${outcome.skipped ? 'up to date' : 'done'}`;
 }
@@ -397,7 +414,7 @@ async function linkStage(plan: Plan, context: BuildContext, task: Task, options:
   const libraryPath = join(plan.paths.outputDirectory, plan.library.names.fileName);
   const outcome = await runStamped({
     stampFile: stampFile(plan, 'link'),
-    inputs: { source: context.kernelSource!.sha256, cc: plan.cc, names: plan.library.names, version: plan.library.version },
+    inputs: { source: context.kernelSource!.sha256, cc: plan.cc, names: plan.library.names, version: plan.library.version, installName: plan.installName },
     outputFiles: [libraryPath],
     run: async () => {
       await rm(logFile(plan, 'link'), { force: true });
@@ -409,6 +426,7 @@ async function linkStage(plan: Plan, context: BuildContext, task: Task, options:
           version: plan.library.version,
           names: plan.library.names,
           cc: plan.cc,
+          installName: plan.installName,
         },
         (command) => options.executor.run(command, { logFile: logFile(plan, 'link'), signal: options.signal }),
       );
@@ -466,13 +484,34 @@ function provenanceOf(plan: Plan, context: BuildContext): Provenance {
   };
 }
 
+/** Boots the builder VM with the new library first on the library path and checks the guest runs the kernel just built. */
+async function smokeTest(plan: Plan, context: BuildContext, task: Task, signal?: AbortSignal): Promise<void> {
+  const vm = plan.vm!;
+  const variable = plan.host.os === 'darwin' ? 'DYLD_LIBRARY_PATH' : 'LD_LIBRARY_PATH';
+  const inherited = process.env[variable];
+  const env = { [variable]: inherited ? `${plan.paths.outputDirectory}:${inherited}` : plan.paths.outputDirectory };
+  const executor = new KrunvmExecutor(vm.krunvm, vm.name, {}, env);
+  const release = (await executor.capture({ argv: ['uname', '-r'], cwd: '/' }, { signal, logFile: vm.logFile })).trim().split('\n').pop() ?? '';
+  if (!release.startsWith(context.kernelVersion!)) {
+    throw new KrunfwError(`Smoke test failed: the builder VM runs kernel ${release || '(nothing printed)'}, not the ${context.kernelVersion} just built`, {
+      hint: `krunvm did not load ${context.library!.path}. Check that ${variable} reaches krunvm and that libkrun loads ${plan.library.names.soname}.`,
+    });
+  }
+  task.title = `Smoke test: the builder VM booted Linux ${release}`;
+}
+
 /** The build as a list of stages, run in order with progress on stderr. */
 export async function runBuild(plan: Plan, options: PipelineOptions): Promise<BuildResult> {
   const context: BuildContext = { stages: {}, warnings: [] };
+  // The kernel stages run on the host, or in the builder VM once it is ready.
+  const stageOptions: PipelineOptions = { ...options };
+  let vmCreated = false;
+  const vm = plan.vm;
+
   const tasks: ListrTask<BuildContext>[] = [
     {
       title: 'Check host tools',
-      task: async () => checkBuildHost(plan),
+      task: async () => (plan.mode === 'vm' ? checkHostCompiler(plan) : checkBuildHost(plan)),
     },
     {
       title: 'Kernel source',
@@ -481,31 +520,65 @@ export async function runBuild(plan: Plan, options: PipelineOptions): Promise<Bu
         ctx.patches = plan.patchDirectory ? await listPatches(plan.patchDirectory) : [];
       },
     },
-    { title: 'Kernel tree: extract and patch', task: (ctx, task) => prepareTree(plan, ctx, task, options) },
-    { title: 'Configure', task: (ctx, task) => configureKernel(plan, ctx, task, options) },
-    { title: `Build ${plan.kernel.makeTarget}`, task: (ctx, task) => buildKernel(plan, ctx, task, options) },
+  ];
+  if (vm) {
+    tasks.push({
+      title: `Builder VM (${vm.builder.definition.name})`,
+      task: async (_ctx, task) => {
+        vmCreated = true;
+        const { executor, reused } = await prepareVm(vm, plan.paths.workDirectory, {
+          signal: options.signal,
+          report: (message) => (task.output = message),
+        });
+        stageOptions.site = new GuestSite(executor, plan.paths.workDirectory, `/var/tmp/krunfw-build/${plan.guestArch}-${plan.variant}`, inputDirectory(plan.paths.workDirectory));
+        task.title = `Builder VM ${vm.name}: ${reused ? 'reused' : 'created and provisioned'} (${vm.builder.definition.name}, ${vm.cpus} CPUs, ${vm.memoryMiB} MiB)`;
+      },
+    });
+  }
+  tasks.push(
+    { title: 'Kernel tree: extract and patch', task: (ctx, task) => prepareTree(plan, ctx, task, stageOptions) },
+    { title: 'Configure', task: (ctx, task) => configureKernel(plan, ctx, task, stageOptions) },
+    { title: `Build ${plan.kernel.makeTarget}`, task: (ctx, task) => buildKernel(plan, ctx, task, stageOptions) },
     { title: 'Bundle kernel.c', task: (ctx, task) => bundleKernel(plan, ctx, task) },
     { title: `Link ${plan.library.names.fileName}`, task: (ctx, task) => linkStage(plan, ctx, task, options) },
-    { title: 'Self-test', task: (ctx) => selfTestStage(plan, ctx, options) },
-    {
-      title: 'Write provenance.json',
-      task: async (ctx) => {
-        await writeProvenance(join(plan.paths.outputDirectory, 'provenance.json'), provenanceOf(plan, ctx));
-        await writeFileAtomic(join(plan.paths.outputDirectory, 'kernel.config'), await readFile(ctx.config!.path));
-      },
+  );
+  if (plan.host.os === plan.targetOs) {
+    tasks.push({ title: 'Self-test', task: (ctx) => selfTestStage(plan, ctx, options) });
+  }
+  if (vm && plan.smoke) {
+    tasks.push({ title: 'Smoke test in the builder VM', task: (ctx, task) => smokeTest(plan, ctx, task, options.signal) });
+  }
+  tasks.push({
+    title: 'Write provenance.json',
+    task: async (ctx) => {
+      await writeProvenance(join(plan.paths.outputDirectory, 'provenance.json'), provenanceOf(plan, ctx));
+      await writeFileAtomic(join(plan.paths.outputDirectory, 'kernel.config'), await readFile(ctx.config!.path));
     },
-  ];
+  });
 
   const listr = new Listr<BuildContext>(tasks, {
     ctx: context,
     exitOnError: true,
     registerSignalListeners: false,
-    renderer: options.quiet ? 'silent' : options.verbose ? 'verbose' : 'default',
-    fallbackRenderer: 'simple',
-    rendererOptions: { collapseSubtasks: false, outputBar: 1, persistentOutput: false, timer: { condition: true, field: (ms: number) => `[${formatElapsed(ms)}]`, format: () => (text: string) => text } } as never,
+    renderer: 'default',
+    rendererOptions: { timer: PRESET_TIMER },
+    // Without a terminal, or with --verbose, print lines instead of redrawing.
+    fallbackRenderer: options.verbose ? 'verbose' : 'simple',
+    fallbackRendererOptions: { timer: PRESET_TIMER },
+    fallbackRendererCondition: options.verbose || !process.stderr.isTTY,
+    silentRendererCondition: options.quiet,
     processOutput: new ProcessOutput(process.stderr, process.stderr),
-  } as never);
-  await listr.run(context);
+  } as ConstructorParameters<typeof Listr<BuildContext>>[1]);
+  try {
+    await listr.run(context);
+  } finally {
+    if (vm && vmCreated && !vm.keep) {
+      // Not tied to the abort signal: the VM is deleted after Ctrl-C too.
+      await deleteVm(vm).catch((error: unknown) => {
+        context.warnings.push(`Could not delete VM ${vm.name}: ${error instanceof Error ? error.message : String(error)}`);
+      });
+    }
+  }
 
   const outputDirectory = plan.paths.outputDirectory;
   return {

@@ -4,7 +4,9 @@ import { join, resolve } from 'node:path';
 import { KrunfwError } from './errors.js';
 import { type GuestArch, type Host, GUEST_ARCHES, isGuestArch } from './host.js';
 import { type LibraryNames, type LibraryVersion, type TargetOs, type Variant, libraryNames } from './library.js';
+import type { LoadedBuilder } from './builders/definition.js';
 import { fragmentPaths } from './stages/config.js';
+import { type VmPlan, checkMappablePath, vmNameFor } from './vm.js';
 import { kernelTarballUrl } from './stages/download.js';
 import { KERNEL_TARGETS } from './stages/kernel.js';
 import {
@@ -33,6 +35,8 @@ export interface BuildRequest {
   mirror?: string;
   /** Patch series directory; false for no patches. */
   patches?: string | false;
+  /** Directory with common.config and <arch>.config, instead of the shipped config-generic/. */
+  configDirectory?: string;
   /** Extra config fragments, applied after the shipped ones. */
   configFragments?: string[];
   /** Warn instead of failing when the kernel drops a requested option. */
@@ -43,6 +47,22 @@ export interface BuildRequest {
   jobs?: number;
   /** Where kernel.c, the library and the provenance file go. */
   outputDirectory?: string;
+  /** On Linux, build in a builder VM instead of on the host. */
+  vm?: boolean;
+  /** The builder for a VM build, already discovered and selected. */
+  builder?: LoadedBuilder;
+  /** The krunvm program for a VM build. */
+  krunvm?: string;
+  /** vCPUs of the builder VM; defaults to the host's CPU count. */
+  cpus?: number;
+  /** Memory of the builder VM in MiB; defaults to half the host's, between 2048 and 16384. */
+  memoryMiB?: number;
+  /** Keep the builder VM after the build and reuse it next time. */
+  keepVm?: boolean;
+  /** Install name of a macOS dylib. */
+  installName?: string;
+  /** After linking, boot the builder VM with the new library and check its kernel version. */
+  smoke?: boolean;
 }
 
 /** Where the kernel tarball comes from. */
@@ -53,6 +73,13 @@ export type KernelSourcePlan =
 /** Everything a build does, resolved once before any work starts. */
 export interface Plan {
   toolVersion: string;
+  /** Where the kernel is built: on this host, or in a krunvm builder VM. */
+  mode: 'native' | 'vm';
+  /** The builder VM, for a VM build. */
+  vm?: VmPlan;
+  /** Install name of a macOS dylib; the default is the installed location. */
+  installName?: string;
+  smoke: boolean;
   host: Host;
   guestArch: GuestArch;
   variant: Variant;
@@ -106,7 +133,31 @@ export function compilerCommand(env: NodeJS.ProcessEnv): string[] {
   return words.length > 0 ? words : ['cc'];
 }
 
+/**
+ * Picks where the kernel is built. A kernel cannot be built natively on
+ * macOS, and libkrun runs only on Apple Silicon there, so a Mac always
+ * uses a builder VM. Linux builds natively unless asked for a VM.
+ */
+export function buildMode(host: Host, vmRequested: boolean): 'native' | 'vm' {
+  if (host.os === 'darwin') {
+    if (host.cpu !== 'aarch64') {
+      throw new KrunfwError(`macOS on ${host.cpu} is not supported: libkrun, and so krunvm, run only on Apple Silicon Macs.`, {
+        hint: 'Build on an Apple Silicon Mac, or on Linux (krunfw-mac link --target-os darwin produces the macOS dylib there).',
+      });
+    }
+    return 'vm';
+  }
+  if (host.os === 'linux') return vmRequested ? 'vm' : 'native';
+  throw new KrunfwError(`Unsupported host operating system: ${host.os}`, { hint: 'krunfw-mac builds on Linux and on macOS (Apple Silicon).' });
+}
+
+/** The builder VM's default size: all CPUs, half the memory within limits a kernel build needs and krunvm accepts. */
+export function defaultVmSize(host: Host): { cpus: number; memoryMiB: number } {
+  return { cpus: host.cpus, memoryMiB: Math.min(16384, Math.max(2048, Math.floor(host.memoryMiB / 2))) };
+}
+
 export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.ProcessEnv = process.env): Plan {
+  const mode = buildMode(host, request.vm ?? false);
   const defaultArch = isGuestArch(host.cpu) ? host.cpu : undefined;
   const arch = request.arch ?? defaultArch;
   if (arch === undefined || !isGuestArch(arch)) {
@@ -114,8 +165,10 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
       hint: `Pass --arch with one of: ${GUEST_ARCHES.join(', ')}.`,
     });
   }
-  if (host.os !== 'linux') {
-    throw new KrunfwError(`Native kernel builds need a Linux host; this host is ${host.os}.`);
+  if (mode === 'vm' && arch !== host.cpu) {
+    throw new KrunfwError(`A builder VM builds for the host's own architecture (${host.cpu}), not ${arch}.`, {
+      hint: host.os === 'linux' ? 'Drop --vm to cross-compile on the host, or drop --arch.' : 'Drop --arch.',
+    });
   }
 
   const maxCpus = request.maxCpus ?? 16;
@@ -147,28 +200,57 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   const root = packageRoot();
   const patchDirectory = request.patches === false ? null : resolve(workDirectory, request.patches ?? join(root, 'patches'));
   const configFragments = [
-    ...fragmentPaths(join(root, 'config-generic'), arch),
+    ...fragmentPaths(resolve(workDirectory, request.configDirectory ?? join(root, 'config-generic')), arch),
     ...(request.configFragments ?? []).map((fragment) => resolve(workDirectory, fragment)),
   ];
 
+  const workDirectoryForVm = workDirectory;
+  let vm: VmPlan | undefined;
+  if (mode === 'vm') {
+    checkMappablePath(workDirectoryForVm);
+    if (!request.builder || !request.krunvm) throw new Error('a VM build needs a builder and krunvm');
+    const size = defaultVmSize(host);
+    const cpus = request.cpus ?? size.cpus;
+    const memoryMiB = request.memoryMiB ?? size.memoryMiB;
+    if (!Number.isInteger(cpus) || cpus < 1) throw new KrunfwError(`Invalid --cpus value: ${request.cpus}`, { hint: 'Pass a whole number of at least 1.' });
+    if (!Number.isInteger(memoryMiB) || memoryMiB < 512) {
+      throw new KrunfwError(`Invalid --mem value: ${request.memoryMiB}`, { hint: 'Pass the VM memory in MiB, at least 512; a kernel build needs about 2048.' });
+    }
+    const name = vmNameFor(workDirectoryForVm);
+    vm = {
+      krunvm: request.krunvm,
+      name,
+      builder: request.builder,
+      cpus,
+      memoryMiB,
+      keep: request.keepVm ?? false,
+      recordFile: join(workDirectoryForVm, '.krunfw', 'vm', `${name}.json`),
+      logFile: join(workDirectoryForVm, '.krunfw', 'vm', 'krunvm.log'),
+    };
+  }
   const target = KERNEL_TARGETS[arch];
   const crossCompile = host.cpu === arch ? undefined : env.CROSS_COMPILE || target.crossPrefix;
   const variant: Variant = 'generic';
+  const targetOs: TargetOs = host.os === 'darwin' ? 'darwin' : 'linux';
   const version: LibraryVersion = { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
-  const stateDirectory = join(workDirectory, '.krunfw', `${arch}-${variant}`);
+  const stateDirectory = join(workDirectory, '.krunfw', `${mode === 'vm' ? 'vm-' : ''}${arch}-${variant}`);
 
   return {
     toolVersion: toolVersion(),
+    mode,
+    vm,
+    installName: request.installName,
+    smoke: request.smoke ?? false,
     host,
     guestArch: arch,
     variant,
-    targetOs: 'linux',
+    targetOs,
     kernelSource,
     patchDirectory,
     configFragments,
     maxCpus,
     allowDropped: request.allowDropped ?? false,
-    jobs,
+    jobs: request.jobs ?? vm?.cpus ?? jobs,
     kernel: {
       makeArch: target.makeArch,
       makeTarget: target.makeTarget,
@@ -176,7 +258,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
       artifact: target.artifact,
       artifactFormat: arch === 'x86_64' ? 'elf' : 'raw',
     },
-    library: { version, names: libraryNames('linux', variant, version) },
+    library: { version, names: libraryNames(targetOs, variant, version) },
     cc: compilerCommand(env),
     paths: {
       workDirectory,

@@ -14,7 +14,7 @@ export interface Requirement {
 }
 
 /** Returns what a native kernel build needs on this host, for the plan's arch. */
-export function buildRequirements(plan: Pick<Plan, 'cc' | 'kernel'>): Requirement[] {
+export function buildRequirements(plan: { cc: string[]; crossCompile?: string }): Requirement[] {
   const requirements: Requirement[] = [
     { name: 'make', kind: 'program', debian: 'make', fedora: 'make' },
     // The kernel's HOSTCC is gcc, whatever CC says.
@@ -31,7 +31,7 @@ export function buildRequirements(plan: Pick<Plan, 'cc' | 'kernel'>): Requiremen
   ];
   const cc = plan.cc[0]!;
   if (cc !== 'gcc') requirements.push({ name: cc, kind: 'program', debian: 'gcc', fedora: 'gcc' });
-  const cross = plan.kernel.crossCompile;
+  const cross = plan.crossCompile;
   if (cross) {
     const triple = cross.replace(/-$/, '');
     requirements.push({ name: `${cross}gcc`, kind: 'program', debian: `gcc-${triple}`, fedora: `gcc-${triple}` });
@@ -69,6 +69,18 @@ export function missingRequirementsError(missing: Requirement[]): KrunfwError {
 }
 
 export async function checkBuildHost(plan: Plan): Promise<void> {
-  const missing = await findMissing(buildRequirements(plan), plan.cc);
+  const missing = await findMissing(buildRequirements({ cc: plan.cc, crossCompile: plan.kernel.crossCompile }), plan.cc);
   if (missing.length > 0) throw missingRequirementsError(missing);
+}
+
+/** A VM build needs only the host C compiler, for the link and the self-test. */
+export async function checkHostCompiler(plan: Plan): Promise<void> {
+  const cc = plan.cc[0]!;
+  const missing = await findMissing([{ name: cc, kind: 'program', debian: 'gcc', fedora: 'gcc' }], plan.cc);
+  if (missing.length > 0) {
+    if (plan.host.os === 'darwin') {
+      throw new KrunfwError(`The C compiler ${cc} was not found`, { hint: 'Install the Xcode command line tools: xcode-select --install' });
+    }
+    throw missingRequirementsError(missing);
+  }
 }

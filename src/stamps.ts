@@ -17,6 +17,29 @@ export interface StampRecord<Data> {
   data: Data;
 }
 
+/** Reads the outputs' state where they live: on this host or in a builder VM. */
+export interface OutputProbe {
+  kind(path: string): Promise<'file' | 'directory' | undefined>;
+  sha256(path: string): Promise<string | undefined>;
+}
+
+const HOST_PROBE: OutputProbe = {
+  async kind(path) {
+    try {
+      return (await stat(path)).isDirectory() ? 'directory' : 'file';
+    } catch {
+      return undefined;
+    }
+  },
+  async sha256(path) {
+    try {
+      return await sha256File(path);
+    } catch {
+      return undefined;
+    }
+  },
+};
+
 export interface StampedStage<Data> {
   stampFile: string;
   /** Anything that, when changed, must rerun the stage (hashes, options). */
@@ -25,6 +48,8 @@ export interface StampedStage<Data> {
   outputFiles: string[];
   outputDirectories?: string[];
   run: () => Promise<Data>;
+  /** Where the outputs are checked and hashed; this host by default. */
+  probe?: OutputProbe;
 }
 
 export interface StageOutcome<Data> {
@@ -45,14 +70,9 @@ async function readRecord<Data>(path: string): Promise<StampRecord<Data> | undef
   }
 }
 
-async function outputsUnchanged(record: StampRecord<unknown>): Promise<boolean> {
+async function outputsUnchanged(record: StampRecord<unknown>, probe: OutputProbe): Promise<boolean> {
   for (const [path, expected] of Object.entries(record.outputs)) {
-    try {
-      const info = await stat(path);
-      if (expected === 'directory' ? !info.isDirectory() : expected !== (await sha256File(path))) return false;
-    } catch {
-      return false;
-    }
+    if (expected === 'directory' ? (await probe.kind(path)) !== 'directory' : expected !== (await probe.sha256(path))) return false;
   }
   return true;
 }
@@ -61,14 +81,19 @@ async function outputsUnchanged(record: StampRecord<unknown>): Promise<boolean> 
 export async function runStamped<Data>(stage: StampedStage<Data>): Promise<StageOutcome<Data>> {
   const inputs = hashInputs(stage.inputs);
   const record = await readRecord<Data>(stage.stampFile);
-  if (record && record.inputs === inputs && (await outputsUnchanged(record))) {
+  const probe = stage.probe ?? HOST_PROBE;
+  if (record && record.inputs === inputs && (await outputsUnchanged(record, probe))) {
     return { skipped: true, data: record.data, outputs: record.outputs };
   }
   await rm(stage.stampFile, { force: true });
   const data = await stage.run();
   const outputs: Record<string, string> = {};
   for (const directory of stage.outputDirectories ?? []) outputs[directory] = 'directory';
-  for (const file of stage.outputFiles) outputs[file] = await sha256File(file);
+  for (const file of stage.outputFiles) {
+    const digest = await probe.sha256(file);
+    if (digest === undefined) throw new Error(`stage finished without writing ${file}`);
+    outputs[file] = digest;
+  }
   await writeFileAtomic(stage.stampFile, JSON.stringify({ inputs, outputs, data } satisfies StampRecord<Data>, null, 2) + '\n');
   return { skipped: false, data, outputs };
 }

@@ -300,8 +300,8 @@ test('rendered kernel.c decodes to the bundle', (t) => {
     // A different stream from the ELF cases with the same number.
     const random = new Random(SEED ^ 0x52454e44, caseNumber);
     const bundle = bundleRaw(randomData(random), { loadAddress: 0x80000000n, entryAddress: 0x80000000n });
-    const lineLength = random.pick([1, 2, 3, 5, 16, 79, 4096]);
-    const source = renderKernelSource(bundle, { kernelVersion: '6.1' }, { lineLength });
+    const bytesPerLine = random.pick([1, 2, 3, 5, 16, 79, 1024]);
+    const source = renderKernelSource(bundle, { kernelVersion: '6.1' }, { bytesPerLine });
 
     const decoded = decodeArray(source, label);
     assert.equal(decoded.byteLength, bundle.bytes.byteLength, `${label}: decoded length`);

@@ -480,15 +480,14 @@ describe('renderKernelSource', () => {
     assert.match(source, /^static char kernel_bundle\[\] __attribute__\(\(aligned\(65536\)\)\) =$/m);
   });
 
-  test('literal lines stay near line length', () => {
-    const lineLength = 40;
-    const source = renderKernelSource(bundle, { kernelVersion: '6.1.55' }, { lineLength }).toString('latin1');
+  test('literal lines hold bytesPerLine bytes', () => {
+    const source = renderKernelSource(bundle, { kernelVersion: '6.1.55' }, { bytesPerLine: 40 }).toString('latin1');
     const literalLines = source.split('\n').filter((line) => line.startsWith('"'));
 
-    assert.ok(literalLines.length > 20, `expected many literal lines, got ${literalLines.length}`);
+    assert.equal(literalLines.length, Math.ceil(KIB64 / 40));
     for (const line of literalLines) {
-      // Quote, at most lineLength - 1 characters plus one escape of up to 4, quote, and `;` on the last line.
-      assert.ok(line.length <= lineLength + 6, `line of ${line.length} characters: ${line}`);
+      // Quote, 40 escapes of at most 4 characters, quote, and `;` after the last line.
+      assert.ok(line.length <= 2 + 4 * 40 + 1, `line of ${line.length} characters: ${line}`);
     }
   });
 
@@ -505,8 +504,8 @@ describe('renderKernelSource', () => {
     assert.throws(() => renderKernelSource(unpadded, { kernelVersion: '6.1' }), RangeError);
   });
 
-  test('rejects zero line length', () => {
-    assert.throws(() => renderKernelSource(bundle, { kernelVersion: '6.1' }, { lineLength: 0 }), RangeError);
+  test('rejects zero bytes per line', () => {
+    assert.throws(() => renderKernelSource(bundle, { kernelVersion: '6.1' }, { bytesPerLine: 0 }), RangeError);
   });
 });
 
@@ -653,8 +652,8 @@ describe('C compiler round trip', () => {
     return { fields, bytes: await readFile(outputPath) };
   }
 
-  async function roundTrip(bundle: KernelBundle, lineLength?: number): Promise<Dump> {
-    const source = renderKernelSource(bundle, { kernelVersion: '6.1.55' }, { lineLength });
+  async function roundTrip(bundle: KernelBundle, bytesPerLine?: number): Promise<Dump> {
+    const source = renderKernelSource(bundle, { kernelVersion: '6.1.55' }, { bytesPerLine });
     return dump(await compile(source), 'kernel');
   }
 
@@ -668,8 +667,8 @@ describe('C compiler round trip', () => {
 
   test('kernel.c keeps bytes with short lines', async () => {
     const bundle = bundleRaw(escapeSample(), { loadAddress: 0x80000000n, entryAddress: 0x80000000n });
-    for (const lineLength of [1, 2, 3, 7]) {
-      const result = await roundTrip(bundle, lineLength);
+    for (const bytesPerLine of [1, 2, 3, 7]) {
+      const result = await roundTrip(bundle, bytesPerLine);
       assertSameBytes(result.bytes, bundle.bytes);
     }
   });

@@ -29,7 +29,7 @@ const VERSION = '6.12.7';
 const TARBALL_PATH = '/pub/v6.x/linux-6.12.7.tar.xz';
 const SUMS_PATH = '/pub/v6.x/sha256sums.asc';
 
-/** Wraps lines in the layout of a PGP clear-signed message; the signature block is filler. */
+/** Wraps lines in the layout of a PGP clear-signed message. The signature block is filler. */
 function clearSigned(lines: string[]): string {
   return [
     '-----BEGIN PGP SIGNED MESSAGE-----',
@@ -246,7 +246,7 @@ describe('fetchKernelTarball', () => {
     const messages: string[] = [];
 
     const source = await fetchKernelTarball(
-      request({ idleTimeoutMs: 200, onRetry: (_attempt, error) => messages.push(error.message) }),
+      request({ idleTimeoutMs: 250, onRetry: (_attempt, error) => messages.push(error.message) }),
     );
 
     assert.equal(source.sha256, tarballSha256);
@@ -309,7 +309,7 @@ describe('fetchKernelTarball', () => {
   test('changed cached file is downloaded again', async () => {
     server.route(TARBALL_PATH, sendBytes(tarball));
     const first = await fetchKernelTarball(request());
-    // Same size, new content and mtime: only hashing can tell.
+    // The size still matches, but the new mtime voids the record and the hash decides.
     await writeFile(first.path, randomBytes(tarball.length));
     await utimes(first.path, new Date(2001, 0, 1), new Date(2001, 0, 1));
 
@@ -341,10 +341,19 @@ describe('fetchKernelTarball', () => {
       return true;
     });
     assert.equal(server.requestCount(TARBALL_PATH), 2);
+  });
+
+  test('rejected expectedSha256 keeps the cache', async () => {
+    server.route(TARBALL_PATH, sendBytes(tarball));
+    await fetchKernelTarball(request());
+    await assert.rejects(fetchKernelTarball(request({ expectedSha256: sha256('another tarball') })), /mismatch/);
+
     // The earlier download is still verified for its own hash, so it stays usable.
     const source = await fetchKernelTarball(request());
+
     assert.equal(source.fromCache, true);
     assert.equal(server.requestCount(TARBALL_PATH), 2);
+    assert.deepEqual(await readFile(source.path), tarball);
   });
 
   test('invalid expectedSha256 is rejected', async () => {
@@ -370,6 +379,14 @@ describe('fetchKernelTarball', () => {
 
     await assert.rejects(fetchKernelTarball(request()), /contains no PGP clear-signed list/);
     assert.equal(server.requestCount(TARBALL_PATH), 0);
+  });
+
+  test('aborted signal sends no request', async () => {
+    const controller = new AbortController();
+    controller.abort();
+
+    await assert.rejects(fetchKernelTarball(request({ signal: controller.signal })), { name: 'AbortError' });
+    assert.equal(server.requests.length, 0);
   });
 
   test('abort mid-download leaves no files', async () => {

@@ -35,7 +35,7 @@ async function newBin(options: { storageVolume?: boolean } = {}): Promise<Krunvm
   return bin;
 }
 
-/** A host directory to map into a VM, removed after the tests. */
+/** Creates a host directory to map into a VM. The after hook removes it. */
 async function newHostDirectory(): Promise<string> {
   const directory = await mkdtemp(join(tmpdir(), 'krunvm-double-volume-'));
   hostDirectories.push(directory);
@@ -93,7 +93,7 @@ async function findProcesses(marker: string): Promise<number[]> {
   return found;
 }
 
-/** Polls until `count` processes with `marker` run; the guest may print before its background jobs have started. */
+/** Polls until `count` processes with `marker` run, because the guest may print before its background jobs start. */
 async function waitForProcesses(marker: string, count: number): Promise<number[]> {
   for (let attempt = 0; attempt < 200; attempt++) {
     const found = await findProcesses(marker);
@@ -433,10 +433,14 @@ describe('krunvm double: guest', () => {
     assert.equal(result.stdout, 'PIPED IN');
   });
 
-  test('start resolves mirror host', async () => {
+  test('start resolves mirror host', async (t) => {
+    const mirrorHost = new URL(await readAptMirror()).hostname;
+    if (mirrorHost === '') {
+      t.skip('the host apt mirror is a local file: URI');
+      return;
+    }
     const bin = await newBin();
     await createVm(bin, 'online');
-    const mirrorHost = new URL(await readAptMirror()).hostname;
 
     const result = await krunvm(bin, ['start', 'online', '/usr/bin/getent', 'hosts', mirrorHost]);
 

@@ -68,7 +68,7 @@ export function readElf(data: Uint8Array, name: string): ElfImage {
       { hint },
     );
   }
-  // At most 0xfffe headers of at most 0xffff bytes: the product stays far below 2^53.
+  // With at most 0xfffe headers of at most 0xffff bytes each, the product stays far below 2^53.
   const tableEnd = programHeaderOffset + programHeaderCount * programHeaderSize;
   if (tableEnd > data.byteLength) {
     throw new KrunfwError(

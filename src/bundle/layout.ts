@@ -12,6 +12,7 @@ export interface KernelBundle {
   loadAddress: bigint;
   /** Guest physical address where the vCPU starts. */
   entryAddress: bigint;
+  /** The layout: PT_LOAD segments of an ELF file, or a raw file's bytes. */
   kind: 'elf' | 'raw';
   /** The artifact file's byte range that became the bundle's first bytes, for the self-test to compare. */
   firstSegment: { fileOffset: number; size: number };
@@ -154,7 +155,7 @@ function placeSegments(image: ElfImage, loadAddress: bigint, name: string): Plac
       throw new KrunfwError(
         `${name} would make a bundle of at least ${segmentEnd} bytes because of ${label}, ` +
           `more than the ${MAX_BUNDLE_SIZE}-byte bundle limit.`,
-        { hint: 'The p_paddr values are far apart; check that the file is a vmlinux for the guest.' },
+        { hint: 'The p_paddr values are far apart. Check that the file is a vmlinux for the guest.' },
       );
     }
 
@@ -175,7 +176,9 @@ function checkLoadAddress(loadAddress: bigint, name: string): void {
 
 function checkAddressRange(address: bigint, field: string, name: string): void {
   if (address < 0n || address > MAX_ADDRESS) {
-    throw new KrunfwError(`The ${field} ${address} for ${name} is outside the 64-bit address range.`);
+    throw new KrunfwError(`The ${field} ${address} for ${name} is outside the 64-bit address range.`, {
+      hint: 'Pass an address from 0 to 0xffffffffffffffff.',
+    });
   }
 }
 

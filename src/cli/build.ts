@@ -1,8 +1,13 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import type { Argv } from 'yargs';
 import { LocalExecutor } from '../exec/local.js';
+import { LocalSite } from '../exec/site.js';
 import { detectHost } from '../host.js';
-import { type BuildRequest, resolvePlan } from '../plan.js';
+import { resolve } from 'node:path';
+import which from 'which';
+import { discoverBuilders, selectBuilder } from '../builders/registry.js';
+import { failedChecksError, runDoctor } from '../doctor.js';
+import { type BuildRequest, buildMode, compilerCommand, defaultVmSize, resolvePlan } from '../plan.js';
 import { runBuild } from '../pipeline.js';
 import { type GlobalOptions, printJson, runCommand } from './output.js';
 
@@ -16,16 +21,25 @@ interface BuildArguments extends GlobalOptions {
   mirror?: string;
   patches?: string | false;
   config?: string[];
+  configDir?: string;
   allowDropped: boolean;
   maxCpus: number;
   jobs?: number;
   printPlan: boolean;
+  vm: boolean;
+  builder?: string;
+  builderFile?: string;
+  cpus?: number;
+  mem?: number;
+  keepVm: boolean;
+  installName?: string;
+  smoke: boolean;
 }
 
 export function buildCommand(yargs: Argv): Argv {
   return yargs.command<BuildArguments>(
     'build',
-    'Build the kernel and link libkrunfw (on Linux, natively)',
+    'Build the kernel and link libkrunfw: natively on Linux, in a krunvm builder VM on macOS (or with --vm)',
     (command) =>
       command
         .option('arch', { type: 'string', choices: ['x86_64', 'aarch64'], description: 'Guest architecture (default: the host\'s; aarch64 on x86_64 cross-compiles)' })
@@ -36,11 +50,20 @@ export function buildCommand(yargs: Argv): Argv {
         .option('kernel-sha256', { type: 'string', description: 'Expected SHA-256 of the tarball, instead of the release\'s sha256sums.asc' })
         .option('mirror', { type: 'string', description: 'Base URL of a kernel.org mirror (the directory holding v6.x/) [env: KRUNFW_KERNEL_MIRROR]' })
         .option('patches', { type: 'string', description: 'Directory of *.patch files applied in sorted order [default: the shipped patches/]; --no-patches for none' })
+        .option('config-dir', { type: 'string', description: 'Directory holding common.config and ARCH.config, used instead of the shipped config-generic/' })
         .option('config', { type: 'string', array: true, description: 'Extra config fragment, applied after the shipped ones (repeatable)' })
         .option('allow-dropped', { type: 'boolean', default: false, description: 'Warn instead of failing when the kernel drops a requested config option' })
         .option('max-cpus', { type: 'number', default: 16, description: 'Most vCPUs the guest kernel uses (NR_CPUS)' })
         .option('jobs', { alias: 'j', type: 'number', description: 'Parallel make jobs [default: the host\'s CPU count]' })
-        .option('print-plan', { type: 'boolean', default: false, description: 'Print the resolved plan and exit without building' }),
+        .option('print-plan', { type: 'boolean', default: false, description: 'Print the resolved plan and exit without building' })
+        .option('vm', { type: 'boolean', default: false, description: 'On Linux, build in a krunvm builder VM as on a Mac (always on on macOS)' })
+        .option('builder', { type: 'string', description: 'Builder VM definition to use [env: BUILDER; default: fedora]; see krunfw-mac builders' })
+        .option('builder-file', { type: 'string', description: 'Load a builder definition from this JSON file (and use it unless --builder names another)' })
+        .option('cpus', { type: 'number', description: 'vCPUs of the builder VM [default: the host\'s CPU count]' })
+        .option('mem', { type: 'number', description: 'Memory of the builder VM in MiB [default: half the host\'s, 2048 to 16384]' })
+        .option('keep-vm', { type: 'boolean', default: false, description: 'Keep the builder VM after the build and reuse it, already provisioned, next time' })
+        .option('install-name', { type: 'string', description: 'Install name of the macOS dylib [default: /usr/local/lib/libkrunfw.5.dylib]; e.g. @rpath/libkrunfw.5.dylib' })
+        .option('smoke', { type: 'boolean', default: false, description: 'After linking, boot the builder VM with the new library and check that it runs the kernel just built' }),
     async (argv) => {
       await runCommand(argv, async (signal) => {
         const request: BuildRequest = {
@@ -52,17 +75,44 @@ export function buildCommand(yargs: Argv): Argv {
           kernelSha256: argv.kernelSha256,
           mirror: argv.mirror,
           patches: argv.patches,
+          configDirectory: argv.configDir,
           configFragments: argv.config,
           allowDropped: argv.allowDropped,
           maxCpus: argv.maxCpus,
           jobs: argv.jobs,
+          cpus: argv.cpus,
+          memoryMiB: argv.mem,
+          keepVm: argv.keepVm,
+          installName: argv.installName,
+          smoke: argv.smoke,
         };
-        const plan = resolvePlan(request, detectHost());
+        const host = detectHost();
+        const workDirectory = resolve(argv.workDir ?? process.cwd());
+        if (buildMode(host, argv.vm) === 'vm') {
+          const builders = await discoverBuilders({ workDirectory, builderFile: argv.builderFile });
+          request.builder = selectBuilder(builders, argv.builder ?? (process.env.BUILDER || undefined), argv.builderFile);
+          request.vm = true;
+          if (!argv.printPlan) {
+            const failure = failedChecksError(
+              await runDoctor({
+                host,
+                vm: true,
+                workDirectory,
+                memoryMiB: argv.mem ?? defaultVmSize(host).memoryMiB,
+                cc: compilerCommand(process.env),
+              }),
+            );
+            if (failure) throw failure;
+          }
+          request.krunvm = (await which('krunvm', { nothrow: true })) ?? 'krunvm';
+        }
+        const plan = resolvePlan(request, host);
         if (argv.printPlan) {
-          printJson(plan);
+          printJson({ ...plan, vm: plan.vm && { ...plan.vm, builder: { name: plan.vm.builder.definition.name, path: plan.vm.builder.path, image: plan.vm.builder.definition.image } } });
           return;
         }
-        const result = await runBuild(plan, { executor: new LocalExecutor(), signal, verbose: argv.verbose, quiet: argv.json });
+        const site = plan.mode === 'native' ? new LocalSite(plan.paths.stateDirectory) : undefined;
+        const result = await runBuild(plan, { executor: new LocalExecutor(), site, signal, verbose: argv.verbose, quiet: argv.json });
         for (const warning of result.warnings) process.stderr.write(`warning: ${warning}\n`);
         if (argv.json) {
           const { plan: _plan, ...rest } = result;

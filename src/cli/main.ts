@@ -3,7 +3,9 @@ import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { toolVersion } from '../versions.js';
 import { buildCommand } from './build.js';
+import { buildersCommand } from './builders.js';
 import { bundleCommand } from './bundle.js';
+import { doctorCommand } from './doctor.js';
 import { linkCommand } from './link.js';
 
 export async function main(argv: string[]): Promise<void> {
@@ -18,6 +20,6 @@ export async function main(argv: string[]): Promise<void> {
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 110))
     .help();
-  for (const register of [buildCommand, bundleCommand, linkCommand]) cli = register(cli);
+  for (const register of [buildCommand, bundleCommand, linkCommand, doctorCommand, buildersCommand]) cli = register(cli);
   await cli.parseAsync();
 }

@@ -16,8 +16,8 @@ const DEFAULT_RETRIES = 3;
 const DEFAULT_RETRY_DELAY_MS = 1000;
 const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
 
-// kernel.org's v6.x/sha256sums.asc lists every file of the series and is well
-// under 1 MiB; the limit only stops a misconfigured mirror from filling memory.
+// A generous limit for a checksum list, so that a misconfigured mirror that
+// serves something else cannot fill memory.
 const MAX_SHA256_SUMS_BYTES = 16 * 1024 * 1024;
 
 export interface KernelSourceRequest {
@@ -25,11 +25,14 @@ export interface KernelSourceRequest {
   version: string;
   /** Root of the kernel.org release tree or a mirror of it, such as `DEFAULT_KERNEL_BASE_URL`. */
   baseUrl: string;
-  /** Per-user cache directory for tarballs; created if missing. */
+  /** Per-user cache directory for tarballs, created if missing. */
   cacheDirectory: string;
   /** SHA-256 of the tarball (from `--kernel-sha256`), used instead of the release's `sha256sums.asc`. */
   expectedSha256?: string;
-  /** Called as tarball bytes arrive. `totalBytes` is undefined when the server sends no Content-Length. */
+  /**
+   * Called as tarball bytes arrive, counting from 0 again on each retry.
+   * `totalBytes` is undefined when the server sends no Content-Length.
+   */
   onProgress?: (receivedBytes: number, totalBytes: number | undefined) => void;
   /** Number of times a transient failure is retried for each request (default 3). */
   retries?: number;
@@ -54,7 +57,7 @@ export interface KernelSource {
   fromCache: boolean;
 }
 
-/** Facts written next to a verified tarball, so that a later run can reuse it without hashing it. */
+/** Record written next to a verified tarball, so that a later run can reuse it without hashing it. */
 interface VerificationRecord {
   sha256: string;
   size: number;
@@ -71,8 +74,9 @@ interface TransferSettings {
 }
 
 /**
- * A failure that may not happen again: a refused or reset connection, a body
- * cut short, a timeout or a 5xx status. Only these are retried.
+ * A failure that may go away when the request is repeated, such as a refused
+ * or reset connection, a body cut short, a timeout or a 5xx status. Only
+ * these failures are retried.
  */
 class TransientDownloadError extends KrunfwError {}
 
@@ -111,7 +115,7 @@ export function parseSha256Sums(text: string): Map<string, string> {
     if (rawLine.trimEnd() === '-----BEGIN PGP SIGNATURE-----') {
       break;
     }
-    // The signer escapes body lines that start with a dash by prefixing `- `.
+    // The signer escapes body lines that start with a dash by prefixing `- ` (RFC 4880, section 7.1).
     const line = rawLine.startsWith('- ') ? rawLine.slice(2) : rawLine;
     // sha256sum writes two spaces, or ` *` for files hashed in binary mode.
     const match = /^([0-9a-fA-F]{64}) [ *](\S+)\s*$/.exec(line);
@@ -138,13 +142,13 @@ export async function fetchKernelTarball(request: KernelSourceRequest): Promise<
   const settings = transferSettings(request);
   request.signal?.throwIfAborted();
 
-  await mkdir(request.cacheDirectory, { recursive: true });
+  await createCacheDirectory(request.cacheDirectory);
   const fileName = tarballFileName(request.version);
   const path = join(request.cacheDirectory, fileName);
   const recordPath = `${path}.verified.json`;
 
   // A record whose size and mtime still match the file vouches for the file's
-  // hash, which saves hashing a 140 MB tarball and any request on every run.
+  // hash, which saves hashing a tarball of over 100 MiB, and any request, on every run.
   const cachedStats = await statIfExists(path);
   const record = cachedStats === undefined ? undefined : await readVerificationRecord(recordPath);
   const recordMatchesFile =
@@ -177,6 +181,17 @@ export async function fetchKernelTarball(request: KernelSourceRequest): Promise<
 
   await downloadVerifiedTarball(url, path, recordPath, expectedSha256, settings, request.onProgress);
   return { path, sha256: expectedSha256, url, fromCache: false };
+}
+
+async function createCacheDirectory(path: string): Promise<void> {
+  try {
+    await mkdir(path, { recursive: true });
+  } catch (error) {
+    throw new KrunfwError(`Cannot create the cache directory ${path}: ${(error as Error).message}.`, {
+      hint: 'Check that its parent directories are writable directories, or choose another cache directory.',
+      cause: error,
+    });
+  }
 }
 
 function transferSettings(request: KernelSourceRequest): TransferSettings {
@@ -353,8 +368,7 @@ async function downloadFile(
       settings,
       async () => {
         file = await open(path, 'w');
-        // The handle is closed below, so that no write can reach the file after this call returns.
-        return file.createWriteStream({ autoClose: false });
+        return file.createWriteStream();
       },
       (chunk, receivedBytes, totalBytes) => {
         hash.update(chunk);
@@ -362,6 +376,8 @@ async function downloadFile(
       },
     );
   } finally {
+    // After a failure the stream may still be closing the handle. Waiting for
+    // that means no write reaches the file after the caller deletes it.
     await file?.close();
   }
   return hash.digest('hex');
@@ -394,7 +410,7 @@ async function downloadText(url: string, settings: TransferSettings): Promise<st
 /**
  * Sends one GET request for `url`, following redirects, and streams the body
  * into the writable that `openDestination` returns once the status is a
- * success. `onChunk` sees every chunk before it is written. Failures are
+ * success. `onChunk` receives every chunk before it is written. Failures are
  * mapped by `describeFailure`.
  */
 async function receiveBody(
@@ -407,8 +423,10 @@ async function receiveBody(
   const signals = settings.signal === undefined ? [idleTimer.signal] : [idleTimer.signal, settings.signal];
 
   try {
-    // Node's fetch follows up to 20 redirects. `identity` asks for the bytes as
+    // Node's fetch follows up to 20 redirects. `identity` requests the bytes as
     // stored, so that Content-Length counts the bytes that are hashed.
+    // NOTE: Node 20's fetch ignores HTTP_PROXY and HTTPS_PROXY, so a network
+    // that allows web access only through a proxy cannot download from here.
     const response = await fetch(url, {
       headers: { 'accept-encoding': 'identity' },
       signal: AbortSignal.any(signals),
@@ -420,12 +438,13 @@ async function receiveBody(
 
     const totalBytes = expectedBodyLength(response);
     let receivedBytes = 0;
-    const body = response.body === null ? Readable.from([]) : Readable.fromWeb(response.body as WebReadableStream);
     const destination = await openDestination();
 
+    // Readable.fromWeb is called only inside pipeline, because the Node stream
+    // emits the body's errors and an error without a listener crashes the process.
     idleTimer.restart();
     await pipeline(
-      body,
+      response.body === null ? Readable.from([]) : Readable.fromWeb(response.body as WebReadableStream),
       async function* countChunks(chunks: AsyncIterable<Buffer>) {
         for await (const chunk of chunks) {
           idleTimer.restart();
@@ -468,7 +487,7 @@ function httpStatusError(url: string, response: Response): KrunfwError {
   const status = `HTTP ${response.status}${response.statusText === '' ? '' : ` ${response.statusText}`}`;
   const message = `Downloading ${url} failed with ${status}.`;
   if (response.status >= 500) {
-    return new TransientDownloadError(message, { hint: 'The server failed; try again later or use another mirror.' });
+    return new TransientDownloadError(message, { hint: 'The server reported an error. Try again later or use another mirror.' });
   }
   if (response.status === 404) {
     return new KrunfwError(message, { hint: 'Check the kernel version and the mirror URL.' });
@@ -522,11 +541,26 @@ function describeFailure(error: unknown, url: string, idleTimer: IdleTimer, sett
     });
   }
 
-  const detail = innermostMessage(error);
-  return new KrunfwError(`Downloading ${url} failed: ${detail}${code === undefined ? '' : ` (${code})`}.`, {
-    hint: 'Check the network connection and the mirror URL.',
-    cause: error,
-  });
+  // File system errors carry the path, such as ENOSPC while writing the download.
+  const path = (error as NodeJS.ErrnoException).path;
+  if (path !== undefined) {
+    return new KrunfwError(`Writing the download of ${url} to ${path} failed: ${innermostMessage(error)}.`, {
+      hint: 'Check the free space and permissions of the cache directory.',
+      cause: error,
+    });
+  }
+
+  // fetch reports every network failure as a TypeError, such as a DNS lookup
+  // that found no host or a TLS certificate that did not verify.
+  if (error instanceof TypeError || code !== undefined) {
+    const detail = innermostMessage(error);
+    return new KrunfwError(`Downloading ${url} failed: ${detail}${code === undefined ? '' : ` (${code})`}.`, {
+      hint: 'Check the network connection and the mirror URL.',
+      cause: error,
+    });
+  }
+  // Anything else, such as an exception from onProgress, is a bug and keeps its stack.
+  return error;
 }
 
 /** Returns the first `code` in the error's cause chain, where fetch puts the socket's error. */

@@ -3,12 +3,13 @@
 /**
  * A test double for krunvm 0.2.x on Linux.
  *
- * It accepts krunvm's command line, keeps VM records in $KRUNVM_DOUBLE_STATE
- * and runs `start` commands in a Debian root file system: an overlayfs over
- * the cached rootfs ($KRUNVM_DOUBLE_ROOTFS) with one upper directory per VM,
- * inside private mount, PID, UTS and IPC namespaces, with the guest chrooted
- * into the overlay. The guest shares the host's network. README.md in this
- * directory lists what it implements and what it does not.
+ * It accepts krunvm's command line and keeps VM records in
+ * $KRUNVM_DOUBLE_STATE. `start` runs the guest command chrooted into an
+ * overlayfs whose lower layer is the cached Debian rootfs
+ * ($KRUNVM_DOUBLE_ROOTFS) and whose upper layer belongs to the VM. The guest
+ * runs in private mount, PID, UTS and IPC namespaces and shares the host's
+ * network. README.md in this directory lists what it implements and what it
+ * does not.
  *
  * Exit codes: 0 on success, 255 for krunvm's own failures (message on stdout),
  * 2 for command-line errors (clap-style message on stderr), the guest's
@@ -97,7 +98,7 @@ interface OptionSpec {
   id: string;
   long: string;
   short?: string;
-  /** The value's placeholder in messages (`<NAME>`); a flag has none. */
+  /** The value's placeholder in messages, such as `NAME`. A flag has none. */
   valueName?: string;
   multiple?: boolean;
 }
@@ -348,7 +349,7 @@ function countPathComponents(path: string): number {
   return parts.length + (path.startsWith('/') ? 1 : 0);
 }
 
-/** Parses `HOST:GUEST`; krunvm rejects a bad value while parsing its command line. */
+/** Parses `HOST:GUEST`. krunvm rejects a bad value while it parses its command line, like clap. */
 function parseVolume(value: string): [string, string] {
   const fields = value.split(':');
   const reject = (reason: string): UsageError => invalidValue('--volume <VOLUMES>', value, reason);
@@ -365,8 +366,8 @@ function parseVolume(value: string): [string, string] {
   if (!guestPath.startsWith('/')) {
     throw reject('Invalid volume, guest_path is not an absolute path');
   }
-  // NOTE: real krunvm accepts `/..` (two components); the double rejects it
-  // because it would mount the volume outside the guest's root.
+  // NOTE: real krunvm accepts `/..`, which has two components. The double
+  // rejects it because it would mount the volume outside the guest's root.
   if (countPathComponents(guestPath) !== 2 || guestPath.split('/').includes('..')) {
     throw reject('Invalid volume, only single direct root children are supported as guest_path');
   }
@@ -392,7 +393,7 @@ function parsePort(value: string): [string, string] {
   return [String(hostPort), String(guestPort)];
 }
 
-/** Builds krunvm's map from host to guest; a repeated key keeps the last value. */
+/** Builds krunvm's map from host to guest, in which a repeated key keeps the last value. */
 function parsePairs(values: string[] | undefined, parse: (value: string) => [string, string]): Record<string, string> {
   const map: Record<string, string> = {};
   for (const value of values ?? []) {
@@ -447,11 +448,11 @@ interface VmRecord {
   cpus: number;
   mem: number;
   dns: string;
-  /** The guest's working directory; empty means `/`. */
+  /** The guest's working directory. An empty string means `/`. */
   workdir: string;
   /** Host path to guest path, as krunvm stores them. */
   volumes: Record<string, string>;
-  /** Host port to guest port; recorded only, never forwarded. */
+  /** Host port to guest port, recorded but never forwarded. */
   ports: Record<string, string>;
   /** The Debian rootfs used as the overlay's lower layer, or null for an image that cannot run here. */
   rootfs: string | null;
@@ -493,7 +494,7 @@ class State {
     writeJsonAtomically(join(this.directory, 'config.json'), config);
   }
 
-  /** Returns the directory of a VM; the name is encoded so that any name is one safe path component. */
+  /** Returns the directory of a VM. The name is encoded so that any name becomes one safe path component. */
   vmDirectory(name: string): string {
     return join(this.directory, 'vms', encodeURIComponent(name).replace(/^\./, '%2E'));
   }
@@ -552,7 +553,7 @@ function assertNothingMountedUnder(directory: string): void {
   for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
     const mountPoint = line.split(' ')[4];
     if (mountPoint !== undefined && (mountPoint === directory || mountPoint.startsWith(prefix))) {
-      throw new DoubleFailure(`${mountPoint} is still mounted; not removing ${directory}.`);
+      throw new DoubleFailure(`Not removing ${directory} because ${mountPoint} is still mounted. Stop the guest first.`);
     }
   }
 }
@@ -576,9 +577,9 @@ function isDebianImage(reference: string): boolean {
 /** Picks a container name the way buildah does: `NAME-working-container`, then `-1`, `-2`, ... */
 function containerNameFor(image: string, state: State): string {
   const base = `${imageName(image)}-working-container`;
-  const taken = new Set(state.listVms().map((record) => record.container));
+  const usedNames = new Set(state.listVms().map((record) => record.container));
   let candidate = base;
-  for (let suffix = 1; taken.has(candidate); suffix++) {
+  for (let suffix = 1; usedNames.has(candidate); suffix++) {
     candidate = `${base}-${suffix}`;
   }
   return candidate;
@@ -615,8 +616,8 @@ function readLineFromStdin(): string | undefined {
 
 /**
  * Prompts for a storage volume like krunvm does on macOS before its first
- * use, and exits: 255 at end of input, and also 255 after a usable answer,
- * because krunvm then asks to be run again.
+ * use, and exits 255. At end of input it exits at once. After a usable mount
+ * point it also exits, because krunvm then asks to be run again.
  */
 function promptForStorageVolume(state: State): never {
   // The first sentence, the diskutil command and the prompt are krunvm's own
@@ -673,7 +674,7 @@ function runCreate(state: State, parsed: ParsedArguments): number {
 
   const runnable = isDebianImage(image);
   if (!runnable && process.env.KRUNVM_DOUBLE_ACCEPT_ANY_IMAGE !== '1') {
-    // krunvm prints buildah's stdout, which is empty on failure; buildah's error goes to stderr.
+    // krunvm prints buildah's stdout, which is empty on failure. buildah's error goes to stderr.
     printStderr(`Error: creating build container: ${image}: image not known`);
     throw new KrunvmFailure('buildah returned an error: ');
   }
@@ -829,6 +830,7 @@ function runConfig(state: State, parsed: ParsedArguments): number {
   const cpus = parseU32(singleValue(parsed, 'cpus'), '--cpus <CPUS>');
   const mem = parseU32(singleValue(parsed, 'mem'), '--mem <MEM>');
   const dns = singleValue(parsed, 'dns');
+
   let changed = false;
   if (cpus !== undefined) {
     if (cpus > MAX_CPUS) {
@@ -853,6 +855,7 @@ function runConfig(state: State, parsed: ParsedArguments): number {
   if (changed) {
     state.writeGlobalConfig(config);
   }
+
   printStdout('Global configuration:');
   printStdout(`Default number of CPUs for newly created VMs: ${config.cpus}`);
   printStdout(`Default amount of RAM (MiB) for newly created VMs: ${config.mem}`);
@@ -863,7 +866,7 @@ function runConfig(state: State, parsed: ParsedArguments): number {
 // ---------------------------------------------------------------------------
 // start: the host side
 
-/** What the guest init needs; passed to it as one JSON argument. */
+/** The guest init's input, passed to it as one JSON argument. */
 interface GuestSpec {
   lowerDirectory: string;
   upperDirectory: string;
@@ -879,9 +882,10 @@ interface GuestSpec {
 
 /**
  * Takes the VM's lock without waiting, like krunvm's flock on its lock file.
- * Returns the descriptor that holds it, or undefined when another process
- * holds it. Node has no flock, so flock(1) locks the open file description
- * that this process shares with it, and the lock stays after flock(1) exits.
+ * Returns the descriptor that keeps the lock, or undefined when another
+ * process has it. Node has no flock, so flock(1) locks the open file
+ * description that this process shares with it, and the lock stays after
+ * flock(1) exits.
  */
 function tryLockVm(vmDirectory: string): number | undefined {
   const fd = openSync(join(vmDirectory, 'lock'), 'a');
@@ -900,7 +904,7 @@ function tryLockVm(vmDirectory: string): number | undefined {
   return fd;
 }
 
-/** Splits `--env KEY=VALUE` values; a value without `=` is rejected, which real krunvm does not do. */
+/** Splits `--env KEY=VALUE` values. Unlike real krunvm, the double rejects a value without `=`. */
 function parseEnvironment(values: string[]): Record<string, string> {
   const environment: Record<string, string> = {};
   for (const value of values) {
@@ -999,10 +1003,10 @@ function killQuietly(pid: number, signal: NodeJS.Signals): void {
 
 /**
  * Runs the guest init in new namespaces and waits for it. unshare(1) forks
- * the init as PID 1 of a new PID namespace; when the init dies the kernel
+ * the init as PID 1 of a new PID namespace. When the init dies, the kernel
  * kills every other process in it, and the mounts vanish with the mount
- * namespace. setpriv's parent-death signal and unshare's --kill-child
- * extend that to the case where this process itself is killed.
+ * namespace. Parent-death signals (setpriv --pdeathsig, unshare
+ * --kill-child) also kill the init when this process is killed.
  */
 async function runGuest(spec: GuestSpec): Promise<GuestStatus> {
   const argv = [
@@ -1024,9 +1028,10 @@ async function runGuest(spec: GuestSpec): Promise<GuestStatus> {
     }
     receivedSignal = signal;
     // Stopping the init (the child of unshare) rather than unshare makes
-    // unshare exit only after every process in the namespace is gone and its
-    // mounts with them. Once ready, the init has a SIGTERM handler that kills
-    // the guest and exits; before that only SIGKILL reaches a namespace's PID 1.
+    // unshare exit only after every process in the namespace is gone, and
+    // the mounts with them. Once ready, the init has a SIGTERM handler that
+    // kills the guest and exits. Before that, only SIGKILL reaches it, because
+    // a namespace's PID 1 ignores signals it has no handler for.
     const initProcesses = childProcessIds(child.pid);
     for (const pid of initProcesses) {
       killQuietly(pid, ready ? 'SIGTERM' : 'SIGKILL');
@@ -1074,7 +1079,7 @@ function mount(argv: string[]): void {
 function prepareMountPoint(path: string): void {
   try {
     if (lstatSync(path).isSymbolicLink()) {
-      throw new DoubleFailure(`${path} is a symbolic link; it cannot be a mount point in the guest.`);
+      throw new DoubleFailure(`${path} is a symbolic link, which cannot be a mount point in the guest.`);
     }
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') {
@@ -1130,17 +1135,19 @@ function runGuestInit(specJson: string): void {
   writeSync(READY_FD, READY_MESSAGE);
   closeSync(READY_FD);
 
-  // Like libkrun's init, which exits 125 when it cannot enter the working directory.
+  // 125 is libkrun's status for a failed guest init, and a working directory
+  // that cannot be entered counts as one here.
   const workdir = join(spec.mergedDirectory, spec.workdir);
   if (!existsSync(workdir) || !statSync(workdir).isDirectory()) {
     printStderr(`chdir to ${spec.workdir} failed: No such file or directory`);
     process.exit(EXIT_INIT_FAILED);
   }
 
+  // unshare(1) only changes root and directory here. Its execvp searches the
+  // guest's PATH inside the new root, and it exits 127 for a command that is
+  // not found and 126 for one that cannot run, as libkrun 1.12 does.
   // NOTE: Node does not reap orphaned processes, so as PID 1 this init leaves
   // zombies of orphaned guest processes until the guest command exits.
-  // unshare(1) only changes root and directory here; its execvp searches the
-  // guest's PATH inside the new root and exits 127 or 126 like libkrun's init.
   const unshare = which.sync('unshare');
   const guest = spawn(unshare, ['--root', spec.mergedDirectory, '--wd', spec.workdir, '--', spec.command, ...spec.args], {
     stdio: 'inherit',

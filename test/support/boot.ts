@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 //
 // Boot test harness: builds a tiny ext4 root disk and boots a guest kernel on
-// it under QEMU's software emulation (TCG), the way libkrun would start it:
-// no firmware menus, no initrd, virtio-mmio devices, and a VM that ends when
-// the guest powers off or restarts.
+// it under QEMU's software emulation (TCG). The VM resembles the one libkrun
+// starts: the kernel is loaded directly without an initrd, the devices are
+// virtio-mmio, and the VM ends when the guest powers off or restarts.
 import { access, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -64,9 +64,9 @@ const GUESTS: Record<GuestArch, GuestSetup> = {
     crossPrefix: 'x86_64-linux-gnu-',
     nodeArch: 'x64',
     qemu: 'qemu-system-x86_64',
-    // microvm has no PCI and, with ACPI off, no way to power off: like libkrun's
+    // microvm without ACPI has neither PCI nor a way to power off, like libkrun's
     // x86_64 VM. Its default auto-kernel-cmdline=on appends a virtio_mmio.device=
-    // entry for each virtio-mmio device, as libkrun does.
+    // entry for each virtio-mmio device to the command line, as libkrun does.
     machineArgs: ['-M', 'microvm,acpi=off', '-device', 'virtio-serial-device', '-device', 'virtconsole,chardev=console'],
     console: 'hvc0',
   },
@@ -74,7 +74,7 @@ const GUESTS: Record<GuestArch, GuestSetup> = {
     crossPrefix: 'aarch64-linux-gnu-',
     nodeArch: 'arm64',
     qemu: 'qemu-system-aarch64',
-    // The guest config enables GICv3 and the PL011; virt describes its
+    // The guest config enables GICv3 and the PL011. virt describes its
     // virtio-mmio slots in the device tree, as libkrun does.
     machineArgs: ['-M', 'virt,gic-version=3', '-cpu', 'cortex-a57', '-serial', 'chardev:console'],
     console: 'ttyAMA0',
@@ -108,6 +108,11 @@ function debianPackage(program: string): string {
   if (program.startsWith('aarch64-linux-gnu-')) return 'gcc-aarch64-linux-gnu';
   if (program.startsWith('x86_64-linux-gnu-')) return 'gcc-x86-64-linux-gnu';
   return 'gcc';
+}
+
+/** Escapes a value for a QEMU option list, where a comma separates options unless doubled. */
+function qemuOptionValue(value: string): string {
+  return value.replaceAll(',', ',,');
 }
 
 function compilerFor(arch: GuestArch): string {
@@ -171,14 +176,14 @@ export async function makeRootDisk(options: { arch: GuestArch; directory: string
   );
 
   const mkfs = await findProgram('mkfs.ext4');
-  // root_owner makes / owned by root even when the test runs as another user.
+  // root_owner=0:0 makes / belong to root even when a normal user builds the image.
   await execa(mkfs, ['-q', '-F', '-L', 'root', '-E', 'root_owner=0:0', '-d', rootDirectory, image, ROOT_DISK_SIZE], {
     stdin: 'ignore',
   });
   return image;
 }
 
-/** The kernel command line: libkrun's defaults, with an ext4 root on the first virtio disk instead of virtio-fs. */
+/** Returns libkrun's default kernel command line, with an ext4 root on the first virtio disk instead of virtio-fs. */
 function kernelCommandLine(arch: GuestArch): string {
   return [
     'reboot=k',
@@ -229,9 +234,9 @@ export async function bootKernel(options: {
     'none',
     '-no-reboot',
     '-chardev',
-    `file,id=console,path=${consoleLog}`,
+    `file,id=console,path=${qemuOptionValue(consoleLog)}`,
     '-drive',
-    `file=${rootDisk},if=none,id=root,format=raw,snapshot=on`,
+    `file=${qemuOptionValue(rootDisk)},if=none,id=root,format=raw,snapshot=on`,
     '-device',
     'virtio-blk-device,drive=root',
     '-kernel',

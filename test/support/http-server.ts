@@ -2,7 +2,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-/** Answers one request. */
+/** Writes the response to one request. */
 export type RouteHandler = (request: IncomingMessage, response: ServerResponse) => void;
 
 export interface TestHttpServer {
@@ -12,7 +12,7 @@ export interface TestHttpServer {
   requests: string[];
   /**
    * Serves `path` with `handlers[n]` for its n-th request (counting from 0);
-   * once the list runs out, the last handler answers every later request.
+   * once the list runs out, the last handler serves every later request.
    */
   route(path: string, ...handlers: RouteHandler[]): void;
   /** Number of requests received for `path`. */

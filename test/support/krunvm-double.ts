@@ -77,10 +77,10 @@ async function readAptSources(): Promise<AptSource[]> {
 }
 
 /**
- * Returns the Debian package mirror that the host's apt uses, read at run
- * time so that its address never appears in the repository: the first
- * `deb` source for bookworm, else the first that is not a security, updates
- * or backports archive.
+ * Returns the Debian package mirror that the host's apt uses. It is read at
+ * run time so that its address never appears in the repository. The mirror
+ * is the first `deb` source for bookworm, else the first source that is not
+ * a security, updates or backports archive.
  */
 export async function readAptMirror(): Promise<string> {
   const sources = (await readAptSources()).filter(isUsableMirror);
@@ -148,7 +148,8 @@ export async function findMountsUnder(directory: string): Promise<string[]> {
 
 /**
  * Returns a Debian bookworm minbase root file system, building it with
- * debootstrap on first use (about half a minute) into the test cache.
+ * debootstrap into the test cache on first use. That took 30 to 80 seconds
+ * on a 2-core machine, depending on its load.
  * A lock serialises concurrent test processes, and the tree is renamed into
  * place only when debootstrap has finished, so a crashed build is never
  * taken for a finished one.
@@ -160,7 +161,7 @@ export async function ensureDebianRootfs(): Promise<string> {
     return rootfs;
   }
   if ((await which('debootstrap', { nothrow: true })) === null) {
-    throw new KrunfwError('debootstrap not found on PATH; the krunvm test double needs it to build a Debian root file system', {
+    throw new KrunfwError('debootstrap not found on PATH. The krunvm test double needs it to build a Debian root file system', {
       hint: 'Run: apt-get install debootstrap',
     });
   }
@@ -186,8 +187,8 @@ export async function ensureDebianRootfs(): Promise<string> {
     const log = await open(logPath, 'w');
     let status: number;
     try {
-      // debootstrap mounts /proc and /sys in the target; a private mount
-      // namespace drops those mounts even if debootstrap is killed.
+      // debootstrap mounts /proc and /sys in the target. In a private mount
+      // namespace those mounts vanish even if debootstrap is killed.
       status = await runProgram(
         'setpriv',
         [
@@ -215,9 +216,9 @@ export async function ensureDebianRootfs(): Promise<string> {
   }
 }
 
-/** A temporary krunvm for one test: put binDirectory first on PATH, or just pass env. */
+/** A temporary krunvm for one test. Pass `env` to the code under test, or put `binDirectory` first on PATH. */
 export interface KrunvmBin {
-  /** A directory holding an executable `krunvm` that runs the double. */
+  /** A directory that contains an executable `krunvm`, a symbolic link to the compiled double. */
   binDirectory: string;
   /** The double's $KRUNVM_DOUBLE_STATE: VM records, the call log and the storage marker. */
   stateDirectory: string;
