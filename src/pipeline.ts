@@ -337,8 +337,8 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
   const fragments = await Promise.all(
     plan.configFragments.map(async (path) => ({ name: displayPath(path), sha256: await sha256File(path) })),
   );
-  await site.bringBack(configPath, hostConfigPath);
-  context.config = { path: hostConfigPath, sha256: outcome.outputs[configPath]!, stamp: hashInputs(inputs), fragments };
+  const hostConfig = await site.bringBack(configPath, hostConfigPath);
+  context.config = { path: hostConfig, sha256: outcome.outputs[configPath]!, stamp: hashInputs(inputs), fragments };
   context.stages.config = outcome.skipped ? 'skipped' : 'ran';
   task.title = `Configure: ${outcome.skipped ? 'up to date' : `.config written${outcome.data.warnings.length ? ' (with dropped options)' : ''}`}`;
 }
