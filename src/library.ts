@@ -20,13 +20,18 @@ export interface LibraryNames {
   links: Array<[string, string]>;
 }
 
+/** The library's name without ABI or suffix: `libkrunfw`, or `libkrunfw-sev` for the SEV variant. */
+export function libraryBaseName(variant: Variant): string {
+  return variant === 'sev' ? 'libkrunfw-sev' : 'libkrunfw';
+}
+
 /**
  * Linux: `libkrunfw.so.5.<minor>.<patch>` with the soname `libkrunfw.so.5`
  * and symlinks `.so.5` and `.so`. macOS: `libkrunfw.5.dylib` with the symlink
  * `libkrunfw.dylib`. The SEV variant puts `-sev` after `libkrunfw`.
  */
 export function libraryNames(os: TargetOs, variant: Variant, version: LibraryVersion): LibraryNames {
-  const base = variant === 'sev' ? 'libkrunfw-sev' : 'libkrunfw';
+  const base = libraryBaseName(variant);
   if (os === 'darwin') {
     const fileName = `${base}.${version.abi}.dylib`;
     return { fileName, soname: fileName, links: [[`${base}.dylib`, fileName]] };

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
-import { join, sep } from 'node:path';
+import { basename, join, sep } from 'node:path';
 import { type ListrTask, type ListrTaskWrapper, Listr, PRESET_TIMER, ProcessOutput } from 'listr2';
 import { bundleElfKernel, bundleRaw } from './bundle/layout.js';
-import { renderKernelSource } from './bundle/c-source.js';
+import { renderBlobSource, renderKernelSource } from './bundle/c-source.js';
 import { KrunfwError } from './errors.js';
 import type { Executor } from './exec/executor.js';
 import { GuestSite, inputDirectory } from './exec/guest-site.js';
@@ -15,6 +15,7 @@ import { sha256, sha256File } from './hash.js';
 import { linkLibrary } from './link.js';
 import type { Plan } from './plan.js';
 import { checkBuildHost, checkHostCompiler } from './preflight.js';
+import { checkInitrd, checkQboot } from './sev.js';
 import { type Provenance, writeProvenance } from './provenance.js';
 import { runSelfTest } from './selftest/selftest.js';
 import { hashInputs, runStamped } from './stamps.js';
@@ -24,6 +25,9 @@ import { buildKernelCommand, kernelVersionCommand } from './stages/kernel.js';
 import { type PatchFile, applyPatchCommand, listPatches } from './stages/patches.js';
 import { KERNEL_TREE_MARKERS, extractCommand } from './stages/source.js';
 import { packageRoot } from './versions.js';
+
+/** NR_CPUS when neither --max-cpus nor a fragment sets it; the reference configs' 8 is too few for many users. */
+export const DEFAULT_MAX_CPUS = 16;
 
 /** SHA-256 of zero bytes: an empty artifact is no artifact. */
 const EMPTY_FILE_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
@@ -59,10 +63,13 @@ interface BuildContext {
   patches?: PatchFile[];
   kernelVersion?: string;
   treeStamp?: string;
-  config?: { path: string; sha256: string; stamp: string; fragments: Array<{ name: string; sha256: string }> };
+  config?: { path: string; sha256: string; stamp: string; maxCpus: number; fragments: Array<{ name: string; sha256: string }> };
   artifact?: { path: string; sha256: string };
   bundle?: BundleFacts;
   kernelSource?: { path: string; sha256: string };
+  /** SEV: qboot.c and initrd.c, and the SHA-256 of the files they carry. */
+  blobSources?: Array<{ path: string; sha256: string }>;
+  sevInputs?: { qboot: string; initrd: string };
   library?: { path: string; sha256: string };
   stages: Record<string, 'ran' | 'skipped'>;
   warnings: string[];
@@ -252,7 +259,7 @@ async function prepareTree(plan: Plan, context: BuildContext, task: Task, option
         await rm(logFile(plan, 'patch'), { force: true });
         for (const patch of patches) {
           task.output = `Applying ${patch.name}`;
-          const rejectFile = join(plan.paths.logs, `${patch.name}.rej`);
+          const rejectFile = join(plan.paths.logs, `${patch.name.replaceAll('/', '-')}.rej`);
           await mkdir(plan.paths.logs, { recursive: true });
           await rm(rejectFile, { force: true });
           try {
@@ -293,7 +300,11 @@ async function prepareTree(plan: Plan, context: BuildContext, task: Task, option
 async function configureKernel(plan: Plan, context: BuildContext, task: Task, options: PipelineOptions): Promise<void> {
   const site = options.site!;
   const requested = await readFragments(plan.configFragments);
-  requested.set('NR_CPUS', { value: String(plan.maxCpus), source: '--max-cpus', line: 0 });
+  if (plan.maxCpus !== undefined) {
+    requested.set('NR_CPUS', { value: String(plan.maxCpus), source: '--max-cpus', line: 0 });
+  } else if (!requested.has('NR_CPUS')) {
+    requested.set('NR_CPUS', { value: String(DEFAULT_MAX_CPUS), source: 'default NR_CPUS', line: 0 });
+  }
   const merged = renderFragment(requested);
   const mergedPath = join(plan.paths.stateDirectory, 'merged.config');
   const tree = treeDirectory(site);
@@ -338,7 +349,13 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
     plan.configFragments.map(async (path) => ({ name: displayPath(path), sha256: await sha256File(path) })),
   );
   const hostConfig = await site.bringBack(configPath, hostConfigPath);
-  context.config = { path: hostConfig, sha256: outcome.outputs[configPath]!, stamp: hashInputs(inputs), fragments };
+  context.config = {
+    path: hostConfig,
+    sha256: outcome.outputs[configPath]!,
+    stamp: hashInputs(inputs),
+    maxCpus: Number(requested.get('NR_CPUS')!.value),
+    fragments,
+  };
   context.stages.config = outcome.skipped ? 'skipped' : 'ran';
   task.title = `Configure: ${outcome.skipped ? 'up to date' : `.config written${outcome.data.warnings.length ? ' (with dropped options)' : ''}`}`;
 }
@@ -382,19 +399,36 @@ async function buildKernel(plan: Plan, context: BuildContext, task: Task, option
   task.title = `Build ${plan.kernel.makeTarget}: ${outcome.skipped ? 'up to date' : 'done'}`;
 }
 
+/** SEV: qboot.c and initrd.c, raw bundles written beside kernel.c. */
+async function bundleSevBlobs(plan: Plan, context: BuildContext): Promise<Array<{ name: 'qboot' | 'initrd'; file: string; source: string }>> {
+  const blobs: Array<{ name: 'qboot' | 'initrd'; file: string; source: string }> = [
+    { name: 'qboot', file: plan.sev!.qboot, source: join(plan.paths.outputDirectory, 'qboot.c') },
+    { name: 'initrd', file: plan.sev!.initrd, source: join(plan.paths.outputDirectory, 'initrd.c') },
+  ];
+  for (const blob of blobs) {
+    // Load and entry addresses mean nothing for these blobs; bundleRaw is used for its 64 KiB padding.
+    const bundle = bundleRaw(await readFile(blob.file), { loadAddress: 0n, entryAddress: 0n });
+    await writeFileAtomic(blob.source, renderBlobSource(blob.name, bundle.bytes, { kernelVersion: context.kernelVersion! }));
+  }
+  return blobs;
+}
+
 async function bundleKernel(plan: Plan, context: BuildContext, task: Task): Promise<void> {
   const sourcePath = join(plan.paths.outputDirectory, 'kernel.c');
+  const blobSources = plan.sev ? [join(plan.paths.outputDirectory, 'qboot.c'), join(plan.paths.outputDirectory, 'initrd.c')] : [];
   const artifact = context.artifact!;
+  const sevInputs = plan.sev ? { qboot: await sha256File(plan.sev.qboot), initrd: await sha256File(plan.sev.initrd) } : undefined;
   const outcome = await runStamped<BundleFacts>({
     stampFile: stampFile(plan, 'bundle'),
-    inputs: { artifact: artifact.sha256, kernelVersion: context.kernelVersion, format: BUNDLE_FORMAT, kind: plan.kernel.artifactFormat },
-    outputFiles: [sourcePath],
+    inputs: { artifact: artifact.sha256, kernelVersion: context.kernelVersion, format: BUNDLE_FORMAT, kind: plan.kernel.artifactFormat, sev: sevInputs },
+    outputFiles: [sourcePath, ...blobSources],
     run: async () => {
       const data = await readFile(artifact.path);
       const bundle = plan.kernel.artifactFormat === 'elf'
         ? bundleElfKernel(data, artifact.path)
         : bundleRaw(data, { loadAddress: 0x80000000n, entryAddress: 0x80000000n });
       await writeFileAtomic(sourcePath, renderKernelSource(bundle, { kernelVersion: context.kernelVersion! }));
+      if (plan.sev) await bundleSevBlobs(plan, context);
       return {
         bundleSha256: sha256(bundle.bytes),
         loadAddress: `0x${bundle.loadAddress.toString(16)}`,
@@ -406,21 +440,23 @@ async function bundleKernel(plan: Plan, context: BuildContext, task: Task): Prom
   });
   context.bundle = outcome.data;
   context.kernelSource = { path: sourcePath, sha256: outcome.outputs[sourcePath]! };
+  context.blobSources = blobSources.map((path) => ({ path, sha256: outcome.outputs[path]! }));
+  context.sevInputs = sevInputs;
   context.stages.bundle = outcome.skipped ? 'skipped' : 'ran';
-  task.title = `Bundle kernel.c: ${outcome.skipped ? 'up to date' : 'written'} (load ${outcome.data.loadAddress}, entry ${outcome.data.entryAddress})`;
+  task.title = `Bundle kernel.c${plan.sev ? ', qboot.c, initrd.c' : ''}: ${outcome.skipped ? 'up to date' : 'written'} (load ${outcome.data.loadAddress}, entry ${outcome.data.entryAddress})`;
 }
 
 async function linkStage(plan: Plan, context: BuildContext, task: Task, options: PipelineOptions): Promise<void> {
   const libraryPath = join(plan.paths.outputDirectory, plan.library.names.fileName);
   const outcome = await runStamped({
     stampFile: stampFile(plan, 'link'),
-    inputs: { source: context.kernelSource!.sha256, cc: plan.cc, names: plan.library.names, version: plan.library.version, installName: plan.installName },
+    inputs: { source: context.kernelSource!.sha256, blobs: context.blobSources!.map((blob) => blob.sha256), cc: plan.cc, names: plan.library.names, version: plan.library.version, installName: plan.installName },
     outputFiles: [libraryPath],
     run: async () => {
       await rm(logFile(plan, 'link'), { force: true });
       await linkLibrary(
         {
-          sources: [context.kernelSource!.path],
+          sources: [context.kernelSource!.path, ...context.blobSources!.map((blob) => blob.path)],
           outputDirectory: plan.paths.outputDirectory,
           targetOs: plan.targetOs,
           version: plan.library.version,
@@ -453,6 +489,7 @@ async function selfTestStage(plan: Plan, context: BuildContext, options: Pipelin
       artifact: context.artifact!.path,
       artifactOffset: bundle.artifactOffset,
       artifactLength: bundle.artifactLength,
+      blobs: plan.sev ? [{ name: 'qboot', file: plan.sev.qboot }, { name: 'initrd', file: plan.sev.initrd }] : [],
       workDirectory: join(plan.paths.stateDirectory, 'selftest'),
       cc: plan.cc,
     },
@@ -472,7 +509,7 @@ function provenanceOf(plan: Plan, context: BuildContext): Provenance {
       artifact: { name: plan.kernel.artifact, sha256: context.artifact!.sha256 },
     },
     patches: context.patches!.map((patch) => ({ name: displayPath(patch.path), sha256: patch.sha256 })),
-    config: { sha256: context.config!.sha256, maxCpus: plan.maxCpus, fragments: context.config!.fragments },
+    config: { sha256: context.config!.sha256, maxCpus: context.config!.maxCpus, fragments: context.config!.fragments },
     bundle: {
       file: 'kernel.c',
       sha256: context.bundle!.bundleSha256,
@@ -481,6 +518,14 @@ function provenanceOf(plan: Plan, context: BuildContext): Provenance {
       entryAddress: context.bundle!.entryAddress,
     },
     library: { file: plan.library.names.fileName, soname: plan.library.names.soname, sha256: context.library!.sha256 },
+    ...(plan.sev && context.sevInputs
+      ? {
+          sev: {
+            qboot: { name: basename(plan.sev.qboot), sha256: context.sevInputs.qboot, source: 'qboot.c', sourceSha256: context.blobSources![0]!.sha256 },
+            initrd: { name: basename(plan.sev.initrd), sha256: context.sevInputs.initrd, source: 'initrd.c', sourceSha256: context.blobSources![1]!.sha256 },
+          },
+        }
+      : {}),
   };
 }
 
@@ -511,13 +556,22 @@ export async function runBuild(plan: Plan, options: PipelineOptions): Promise<Bu
   const tasks: ListrTask<BuildContext>[] = [
     {
       title: 'Check host tools',
-      task: async () => (plan.mode === 'vm' ? checkHostCompiler(plan) : checkBuildHost(plan)),
+      task: async () => {
+        if (plan.sev) {
+          await checkQboot(plan.sev.qboot);
+          await checkInitrd(plan.sev.initrd);
+        }
+        await (plan.mode === 'vm' ? checkHostCompiler(plan) : checkBuildHost(plan));
+      },
     },
     {
       title: 'Kernel source',
       task: async (ctx, task) => {
         ctx.tarball = await obtainTarball(plan, task, options.signal);
-        ctx.patches = plan.patchDirectory ? await listPatches(plan.patchDirectory) : [];
+        ctx.patches = [];
+        for (const directory of plan.patchDirectories) {
+          for (const patch of await listPatches(directory.path)) ctx.patches.push({ ...patch, name: directory.label + patch.name });
+        }
       },
     },
   ];

@@ -35,6 +35,14 @@ export interface BuildRequest {
   mirror?: string;
   /** Patch series directory; false for no patches. */
   patches?: string | false;
+  /** The SEV variant's own series, applied after the generic one. */
+  sevPatches?: string;
+  /** 'generic', or 'sev' for AMD SEV guests (x86_64 on Linux only). */
+  variant?: Variant;
+  /** SEV: the qboot firmware image (exactly 64 KiB). */
+  qboot?: string;
+  /** SEV: the initrd, a gzip-compressed cpio archive. */
+  initrd?: string;
   /** Directory with common.config and <arch>.config, instead of the shipped config-generic/. */
   configDirectory?: string;
   /** Extra config fragments, applied after the shipped ones. */
@@ -85,11 +93,14 @@ export interface Plan {
   variant: Variant;
   targetOs: TargetOs;
   kernelSource: KernelSourcePlan;
-  /** Patch series directory, or null for none. */
-  patchDirectory: string | null;
+  /** Patch series directories, applied in this order; the SEV series follows the generic one. */
+  patchDirectories: Array<{ label: string; path: string }>;
+  /** SEV firmware and initrd, bundled beside the kernel. */
+  sev?: { qboot: string; initrd: string };
   /** Config fragments in the order they apply. */
   configFragments: string[];
-  maxCpus: number;
+  /** NR_CPUS from --max-cpus; undefined leaves it to the fragments, or 16 when none sets it. */
+  maxCpus?: number;
   allowDropped: boolean;
   jobs: number;
   kernel: {
@@ -151,6 +162,17 @@ export function buildMode(host: Host, vmRequested: boolean): 'native' | 'vm' {
   throw new KrunfwError(`Unsupported host operating system: ${host.os}`, { hint: 'krunfw-mac builds on Linux and on macOS (Apple Silicon).' });
 }
 
+/** Fails when the variant cannot be built for this host and guest arch, before any work starts. */
+export function checkVariantSupported(variant: Variant, host: Host, arch: string | undefined): void {
+  if (variant !== 'sev') return;
+  const guest = arch ?? host.cpu;
+  if (host.os !== 'linux' || guest !== 'x86_64') {
+    throw new KrunfwError(`The SEV variant exists only for x86_64 guests on Linux hosts, not for ${guest} on ${host.os}.`, {
+      hint: 'AMD SEV is an x86_64 feature, and libkrun supports it only on Linux. Build the generic variant here.',
+    });
+  }
+}
+
 /** The builder VM's default size: all CPUs, half the memory within limits a kernel build needs and krunvm accepts. */
 export function defaultVmSize(host: Host): { cpus: number; memoryMiB: number } {
   return { cpus: host.cpus, memoryMiB: Math.min(16384, Math.max(2048, Math.floor(host.memoryMiB / 2))) };
@@ -171,8 +193,8 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
     });
   }
 
-  const maxCpus = request.maxCpus ?? 16;
-  if (!Number.isInteger(maxCpus) || maxCpus < 2) {
+  const maxCpus = request.maxCpus;
+  if (maxCpus !== undefined && (!Number.isInteger(maxCpus) || maxCpus < 2)) {
     throw new KrunfwError(`Invalid --max-cpus value: ${request.maxCpus}`, { hint: 'NR_CPUS must be a whole number of at least 2.' });
   }
   const jobs = request.jobs ?? host.cpus;
@@ -198,9 +220,25 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   }
 
   const root = packageRoot();
-  const patchDirectory = request.patches === false ? null : resolve(workDirectory, request.patches ?? join(root, 'patches'));
+  const variant: Variant = request.variant ?? 'generic';
+  let sev: Plan['sev'];
+  if (variant === 'sev') {
+    checkVariantSupported(variant, host, arch);
+    if (!request.qboot || !request.initrd) {
+      throw new KrunfwError(`The SEV variant needs ${!request.qboot ? 'the qboot firmware (--qboot FILE or KRUNFW_QBOOT)' : 'an initrd (--initrd FILE or KRUNFW_INITRD)'}`, {
+        hint: 'libkrun boots SEV guests through qboot (a 64 KiB firmware image) with an initrd (a gzip-compressed cpio archive); pass both files.',
+      });
+    }
+    sev = { qboot: resolve(workDirectory, request.qboot), initrd: resolve(workDirectory, request.initrd) };
+  }
+  const patchDirectories: Plan['patchDirectories'] = [];
+  if (request.patches !== false) {
+    patchDirectories.push({ label: '', path: resolve(workDirectory, request.patches ?? join(root, 'patches')) });
+    if (variant === 'sev') patchDirectories.push({ label: 'sev/', path: resolve(workDirectory, request.sevPatches ?? join(root, 'patches', 'sev')) });
+  }
   const configFragments = [
     ...fragmentPaths(resolve(workDirectory, request.configDirectory ?? join(root, 'config-generic')), arch),
+    ...(variant === 'sev' ? [join(root, 'config-sev', `${arch}.config`)] : []),
     ...(request.configFragments ?? []).map((fragment) => resolve(workDirectory, fragment)),
   ];
 
@@ -230,7 +268,6 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   }
   const target = KERNEL_TARGETS[arch];
   const crossCompile = host.cpu === arch ? undefined : env.CROSS_COMPILE || target.crossPrefix;
-  const variant: Variant = 'generic';
   const targetOs: TargetOs = host.os === 'darwin' ? 'darwin' : 'linux';
   const version: LibraryVersion = { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
   const stateDirectory = join(workDirectory, '.krunfw', `${mode === 'vm' ? 'vm-' : ''}${arch}-${variant}`);
@@ -246,7 +283,8 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
     variant,
     targetOs,
     kernelSource,
-    patchDirectory,
+    patchDirectories,
+    sev,
     configFragments,
     maxCpus,
     allowDropped: request.allowDropped ?? false,
@@ -266,7 +304,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
       stateDirectory,
       tree: join(stateDirectory, 'tree'),
       logs: join(stateDirectory, 'logs'),
-      outputDirectory: resolve(workDirectory, request.outputDirectory ?? join('out', arch)),
+      outputDirectory: resolve(workDirectory, request.outputDirectory ?? join('out', variant === 'sev' ? `${arch}-sev` : arch)),
     },
   };
 }

@@ -23,6 +23,11 @@ export interface Provenance {
   config: { sha256: string; maxCpus: number; fragments: Array<{ name: string; sha256: string }> };
   bundle: { file: string; sha256: string; sourceSha256: string; loadAddress: string; entryAddress: string };
   library: { file: string; soname: string; sha256: string };
+  /** SEV variant only: the firmware and initrd bundled beside the kernel, by input file and generated source. */
+  sev?: {
+    qboot: { name: string; sha256: string; source: string; sourceSha256: string };
+    initrd: { name: string; sha256: string; source: string; sourceSha256: string };
+  };
 }
 
 export async function writeProvenance(path: string, provenance: Provenance): Promise<void> {

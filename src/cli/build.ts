@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import which from 'which';
 import { discoverBuilders, selectBuilder } from '../builders/registry.js';
 import { failedChecksError, runDoctor } from '../doctor.js';
-import { type BuildRequest, buildMode, compilerCommand, defaultVmSize, resolvePlan } from '../plan.js';
+import { type BuildRequest, buildMode, checkVariantSupported, compilerCommand, defaultVmSize, resolvePlan } from '../plan.js';
 import { runBuild } from '../pipeline.js';
 import { type GlobalOptions, printJson, runCommand } from './output.js';
 
@@ -20,10 +20,14 @@ interface BuildArguments extends GlobalOptions {
   kernelSha256?: string;
   mirror?: string;
   patches?: string | false;
+  patchesSev?: string;
+  variant?: 'generic' | 'sev';
+  qboot?: string;
+  initrd?: string;
   config?: string[];
   configDir?: string;
   allowDropped: boolean;
-  maxCpus: number;
+  maxCpus?: number;
   jobs?: number;
   printPlan: boolean;
   vm: boolean;
@@ -53,7 +57,11 @@ export function buildCommand(yargs: Argv): Argv {
         .option('config-dir', { type: 'string', description: 'Directory holding common.config and ARCH.config, used instead of the shipped config-generic/' })
         .option('config', { type: 'string', array: true, description: 'Extra config fragment, applied after the shipped ones (repeatable)' })
         .option('allow-dropped', { type: 'boolean', default: false, description: 'Warn instead of failing when the kernel drops a requested config option' })
-        .option('max-cpus', { type: 'number', default: 16, description: 'Most vCPUs the guest kernel uses (NR_CPUS)' })
+        .option('max-cpus', { type: 'number', description: 'Most vCPUs the guest kernel uses (NR_CPUS) [default: 16, or what the fragments set]' })
+        .option('variant', { choices: ['generic', 'sev'] as const, description: 'generic, or sev for AMD SEV guests (x86_64 on Linux; libkrunfw-sev.so.5) [default: generic, or sev when SEV=1]' })
+        .option('qboot', { type: 'string', description: 'SEV: the qboot firmware image, exactly 65536 bytes [env: KRUNFW_QBOOT]' })
+        .option('initrd', { type: 'string', description: 'SEV: the initrd, a gzip-compressed cpio archive [env: KRUNFW_INITRD]' })
+        .option('patches-sev', { type: 'string', description: 'SEV: directory of *.patch files applied after the generic series [default: the shipped patches/sev/]' })
         .option('jobs', { alias: 'j', type: 'number', description: 'Parallel make jobs [default: the host\'s CPU count]' })
         .option('print-plan', { type: 'boolean', default: false, description: 'Print the resolved plan and exit without building' })
         .option('vm', { type: 'boolean', default: false, description: 'On Linux, build in a krunvm builder VM as on a Mac (always on on macOS)' })
@@ -75,6 +83,10 @@ export function buildCommand(yargs: Argv): Argv {
           kernelSha256: argv.kernelSha256,
           mirror: argv.mirror,
           patches: argv.patches,
+          sevPatches: argv.patchesSev,
+          variant: argv.variant ?? (process.env.SEV === '1' ? 'sev' : undefined),
+          qboot: argv.qboot ?? (process.env.KRUNFW_QBOOT || undefined),
+          initrd: argv.initrd ?? (process.env.KRUNFW_INITRD || undefined),
           configDirectory: argv.configDir,
           configFragments: argv.config,
           allowDropped: argv.allowDropped,
@@ -87,6 +99,7 @@ export function buildCommand(yargs: Argv): Argv {
           smoke: argv.smoke,
         };
         const host = detectHost();
+        checkVariantSupported(request.variant ?? 'generic', host, request.arch);
         const workDirectory = resolve(argv.workDir ?? process.cwd());
         if (buildMode(host, argv.vm) === 'vm') {
           const builders = await discoverBuilders({ workDirectory, builderFile: argv.builderFile });

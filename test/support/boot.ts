@@ -9,6 +9,7 @@ import { constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { gzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { KrunfwError } from '../../src/errors.js';
 import type { GuestArch } from '../../src/host.js';
@@ -18,8 +19,9 @@ export type { GuestArch } from '../../src/host.js';
 /** The result of one boot. */
 export interface BootResult {
   /**
-   * The guest console's output, followed by QEMU's own standard error
-   * (under a `--- qemu stderr ---` line) when QEMU wrote any.
+   * The guest console's output with `\r\n` line ends turned into `\n` (the
+   * guest's tty writes `\r\n`), followed by QEMU's own standard error under
+   * a `--- qemu stderr ---` line when QEMU wrote any.
    */
   output: string;
   /** QEMU's exit status, or null when it was killed. */
@@ -125,6 +127,80 @@ function markerHeader(marker: string): string {
   return `/* Written by makeRootDisk in boot.ts. */\n#define INIT_MARKER { ${bytes.join(', ')} }\n`;
 }
 
+/** Compiles init.c into a static, libc-free program for `arch`; the marker header must be in `buildDirectory`. */
+async function compileInit(arch: GuestArch, buildDirectory: string, output: string): Promise<void> {
+  const compiler = await findProgram(compilerFor(arch));
+  await execa(
+    compiler,
+    [
+      '-nostdlib',
+      '-static',
+      '-ffreestanding',
+      '-fno-stack-protector',
+      '-fno-asynchronous-unwind-tables',
+      '-no-pie',
+      '-Os',
+      '-Wall',
+      '-Werror',
+      '-Wl,--build-id=none',
+      '-I',
+      buildDirectory,
+      '-o',
+      output,
+      INIT_SOURCE,
+    ],
+    { stdin: 'ignore' },
+  );
+}
+
+/** One member of a cpio archive in the newc format, the one the kernel unpacks. */
+interface CpioEntry {
+  name: string;
+  /** File type and permission bits, as in st_mode. */
+  mode: number;
+  data?: Uint8Array;
+  /** Device numbers of a character device. */
+  rdevMajor?: number;
+  rdevMinor?: number;
+}
+
+function cpioNewc(entries: CpioEntry[]): Buffer {
+  const parts: Buffer[] = [];
+  const pad = (length: number) => Buffer.alloc((4 - (length % 4)) % 4);
+  const hex = (value: number) => value.toString(16).padStart(8, '0');
+  [...entries, { name: 'TRAILER!!!', mode: 0 }].forEach((entry, index) => {
+    const data = entry.data ?? new Uint8Array(0);
+    const name = Buffer.from(`${entry.name}\0`, 'utf8');
+    const fields = [index + 1, entry.mode, 0, 0, 1, 0, data.length, 0, 0, entry.rdevMajor ?? 0, entry.rdevMinor ?? 0, name.length, 0];
+    const header = Buffer.from(`070701${fields.map(hex).join('')}`, 'latin1');
+    parts.push(header, name, pad(header.length + name.length), Buffer.from(data), pad(data.length));
+  });
+  return Buffer.concat(parts);
+}
+
+/**
+ * Builds a gzip-compressed cpio initrd whose /init prints `marker` and exits
+ * with status 0. The archive carries /dev/console itself, because the kernel
+ * opens it for init before anything could mount devtmpfs. Returns its path.
+ */
+export async function makeInitramfs(options: { arch: GuestArch; directory: string; marker: string }): Promise<string> {
+  const { arch, directory, marker } = options;
+  const buildDirectory = join(directory, `initrd-build-${arch}`);
+  await rm(buildDirectory, { recursive: true, force: true });
+  await mkdir(buildDirectory, { recursive: true });
+  await writeFile(join(buildDirectory, 'init-marker.h'), markerHeader(marker));
+  const init = join(buildDirectory, 'init');
+  await compileInit(arch, buildDirectory, init);
+  const archive = cpioNewc([
+    { name: 'dev', mode: 0o040755 },
+    { name: 'dev/console', mode: 0o020600, rdevMajor: 5, rdevMinor: 1 },
+    { name: 'init', mode: 0o100755, data: await readFile(init) },
+  ]);
+  const path = join(directory, `initrd-${arch}.cpio.gz`);
+  await writeFile(path, gzipSync(archive));
+  return path;
+}
+
 /**
  * Builds an ext4 image (mkfs.ext4 -d, no mount) whose /init is a tiny static
  * program that prints `marker` on a line to the console and exits with
@@ -152,28 +228,7 @@ export async function makeRootDisk(options: { arch: GuestArch; directory: string
   }
   await writeFile(join(buildDirectory, 'init-marker.h'), markerHeader(marker));
 
-  const compiler = await findProgram(compilerFor(arch));
-  await execa(
-    compiler,
-    [
-      '-nostdlib',
-      '-static',
-      '-ffreestanding',
-      '-fno-stack-protector',
-      '-fno-asynchronous-unwind-tables',
-      '-no-pie',
-      '-Os',
-      '-Wall',
-      '-Werror',
-      '-Wl,--build-id=none',
-      '-I',
-      buildDirectory,
-      '-o',
-      join(rootDirectory, 'init'),
-      INIT_SOURCE,
-    ],
-    { stdin: 'ignore' },
-  );
+  await compileInit(arch, buildDirectory, join(rootDirectory, 'init'));
 
   const mkfs = await findProgram('mkfs.ext4');
   // root_owner=0:0 makes / belong to root even when a normal user builds the image.
@@ -183,19 +238,14 @@ export async function makeRootDisk(options: { arch: GuestArch; directory: string
   return image;
 }
 
-/** Returns libkrun's default kernel command line, with an ext4 root on the first virtio disk instead of virtio-fs. */
-function kernelCommandLine(arch: GuestArch): string {
-  return [
-    'reboot=k',
-    'panic=-1',
-    'panic_print=0',
-    'nomodule',
-    `console=${GUESTS[arch].console}`,
-    'root=/dev/vda',
-    'rootfstype=ext4',
-    'rw',
-    'init=/init',
-  ].join(' ');
+/**
+ * Returns a kernel command line modelled on libkrun's default. It mounts an
+ * ext4 root from the first virtio disk instead of virtio-fs, and it leaves out
+ * `quiet` so that the output shows the kernel's notices.
+ */
+function kernelCommandLine(arch: GuestArch, fromInitrd: boolean): string {
+  const root = fromInitrd ? ['rdinit=/init'] : ['root=/dev/vda', 'rootfstype=ext4', 'rw', 'init=/init'];
+  return ['reboot=k', 'panic=-1', 'panic_print=0', 'nomodule', `console=${GUESTS[arch].console}`, ...root].join(' ');
 }
 
 /**
@@ -208,10 +258,13 @@ function kernelCommandLine(arch: GuestArch): string {
 export async function bootKernel(options: {
   arch: GuestArch;
   kernel: string;
-  rootDisk: string;
+  /** An ext4 root disk from makeRootDisk, or an initrd from makeInitramfs (exactly one of the two). */
+  rootDisk?: string;
+  initrd?: string;
   timeoutMs: number;
 }): Promise<BootResult> {
-  const { arch, kernel, rootDisk, timeoutMs } = options;
+  const { arch, kernel, rootDisk, initrd, timeoutMs } = options;
+  if ((rootDisk === undefined) === (initrd === undefined)) throw new Error('bootKernel needs either rootDisk or initrd');
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new KrunfwError(`Invalid boot timeout: ${timeoutMs} ms`, { hint: 'Pass a positive number of milliseconds.' });
   }
@@ -235,14 +288,13 @@ export async function bootKernel(options: {
     '-no-reboot',
     '-chardev',
     `file,id=console,path=${qemuOptionValue(consoleLog)}`,
-    '-drive',
-    `file=${qemuOptionValue(rootDisk)},if=none,id=root,format=raw,snapshot=on`,
-    '-device',
-    'virtio-blk-device,drive=root',
+    ...(rootDisk !== undefined
+      ? ['-drive', `file=${qemuOptionValue(rootDisk)},if=none,id=root,format=raw,snapshot=on`, '-device', 'virtio-blk-device,drive=root']
+      : ['-initrd', initrd!]),
     '-kernel',
     kernel,
     '-append',
-    kernelCommandLine(arch),
+    kernelCommandLine(arch, initrd !== undefined),
   ];
 
   const subprocess = execa(qemu, args, {
@@ -259,11 +311,12 @@ export async function bootKernel(options: {
 
   try {
     const result = await subprocess;
-    const consoleOutput = await readFile(consoleLog, 'utf8').catch((error: NodeJS.ErrnoException) => {
+    const consoleText = await readFile(consoleLog, 'utf8').catch((error: NodeJS.ErrnoException) => {
       // QEMU creates the file only once it gets as far as opening its devices.
       if (error.code === 'ENOENT') return '';
       throw error;
     });
+    const consoleOutput = consoleText.replaceAll('\r\n', '\n');
     const stderr = String(result.stderr ?? '').trim();
     return {
       output: stderr === '' ? consoleOutput : `${consoleOutput}\n--- qemu stderr ---\n${stderr}\n`,
