@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import { bootKernel, makeRootDisk } from './support/boot.js';
-import { DEBIAN_KERNEL_TARBALL, REPOSITORY, TEST_CACHE, runCli } from './support/cli.js';
+import { CLI, DEBIAN_KERNEL_TARBALL, REPOSITORY, TEST_CACHE, runCli } from './support/cli.js';
 import { type BuildJson, sharedBuild, sharedWorkDirectory } from './support/shared-build.js';
 
 const MARKER = 'KRUNFW-E2E-INIT-RAN';
@@ -100,6 +100,27 @@ describe('x86_64 build from Debian 6.1 source', () => {
     assert.match(result.stderr, /CONFIG_KRUNFW_NO_SUCH_OPTION: requested y, got n/);
     assert.match(result.stderr, /CONFIG_VIRTIO_PCI: requested y, got n/);
     assert.match(result.stderr, /--allow-dropped/);
+  });
+
+  test('Ctrl-C during make leaves no finished-looking state', async () => {
+    const fragment = join(await mkdtemp(join(tmpdir(), 'krunfw-e2e-fragment-')), 'hostname.config');
+    await writeFile(fragment, 'CONFIG_DEFAULT_HOSTNAME="krunfw-interrupted"\n');
+    const workDirectory = sharedWorkDirectory('x86_64');
+    const stamps = join(workDirectory, '.krunfw', 'x86_64-generic', 'stamps');
+    const child = execa(process.execPath, [
+      CLI, 'build', '--arch', 'x86_64', '--kernel-tarball', DEBIAN_KERNEL_TARBALL, '--work-dir', workDirectory, '--config', fragment,
+    ], { reject: false, stdin: 'ignore', env: { NO_COLOR: '1' } });
+    // Wait until make is running: the kernel stage's stamp is removed when it starts.
+    const deadline = Date.now() + 120_000;
+    while (existsSync(join(stamps, 'kernel.json')) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 200));
+    await new Promise((resolve) => setTimeout(resolve, 3000));
+    child.kill('SIGINT');
+    const result = await child;
+    assert.equal(result.exitCode, 130, String(result.stderr));
+    assert.equal(existsSync(join(stamps, 'kernel.json')), false, 'an interrupted make must not leave a kernel stamp');
+    assert.equal(existsSync(join(stamps, 'bundle.json')), true, 'earlier outputs stay');
+    const files = await readdir(join(workDirectory, 'out', 'x86_64'));
+    assert.deepEqual(files.filter((name) => name.includes('.tmp-')), []);
   });
 
   test('shipped configuration builds again afterwards', async () => {

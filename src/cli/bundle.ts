@@ -57,6 +57,8 @@ export function bundleCommand(yargs: Argv): Argv {
           bundleSha256: sha256(bundle.bytes),
           loadAddress: bundle.loadAddress,
           entryAddress: bundle.entryAddress,
+          /** The artifact bytes the bundle starts with, for a self-test. */
+          firstSegment: bundle.firstSegment,
         };
         if (argv.json) printJson(result);
         else process.stderr.write(`Wrote ${output}: ${format} bundle of ${bundle.bytes.length} bytes, load 0x${bundle.loadAddress.toString(16)}, entry 0x${bundle.entryAddress.toString(16)}\n`);
