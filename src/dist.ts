@@ -66,13 +66,16 @@ export function sourcesDirectoryName(provenance: Pick<Provenance, 'variant' | 'a
 }
 
 /**
- * The C files of a bundle: kernel.c, and for the SEV variant the firmware
- * and initrd bundles beside it.
- * TODO: provenance.json records no hash for qboot.c and initrd.c yet, so
- * only SHA256SUMS vouches for them.
+ * The C files of a bundle with the SHA-256 the build recorded for each:
+ * kernel.c, and for the SEV variant the firmware and initrd bundles.
  */
-export function bundleSourceFiles(provenance: Provenance): string[] {
-  return provenance.variant === 'sev' ? [provenance.bundle.file, 'qboot.c', 'initrd.c'] : [provenance.bundle.file];
+export function bundleSourceFiles(provenance: Provenance): Array<{ file: string; sha256: string }> {
+  const files = [{ file: provenance.bundle.file, sha256: provenance.bundle.sourceSha256 }];
+  if (provenance.sev) {
+    files.push({ file: provenance.sev.qboot.source, sha256: provenance.sev.qboot.sourceSha256 });
+    files.push({ file: provenance.sev.initrd.source, sha256: provenance.sev.initrd.sourceSha256 });
+  }
+  return files;
 }
 
 function text(value: string): { data: Uint8Array } {
@@ -259,16 +262,16 @@ export async function toolFiles(root: string = packageRoot()): Promise<ArchiveFi
 /** Writes `<library>-prebuilt-<arch>.tar.gz`: the bundle, provenance, licenses, the hook and SHA256SUMS. */
 export async function writePrebuiltArchive(request: DistRequest, provenance: Provenance): Promise<ArchiveResult> {
   const bundleFiles = bundleSourceFiles(provenance);
-  await checkRecordedFile(join(request.buildOutput, provenance.bundle.file), provenance.bundle.sourceSha256, 'Bundle');
-  const files: ArchiveFile[] = bundleFiles.map((name) => ({ path: name, source: { file: join(request.buildOutput, name) } }));
-  for (const name of bundleFiles.slice(1)) {
-    if (!(await fileExists(join(request.buildOutput, name)))) throw new KrunfwError(`Bundle not found: ${join(request.buildOutput, name)}`, { hint: 'Run krunfw-mac build again.' });
+  const files: ArchiveFile[] = [];
+  for (const bundle of bundleFiles) {
+    await checkRecordedFile(join(request.buildOutput, bundle.file), bundle.sha256, 'Bundle');
+    files.push({ path: bundle.file, source: { file: join(request.buildOutput, bundle.file) } });
   }
   files.push(
     { path: 'provenance.json', source: { file: join(request.buildOutput, 'provenance.json') } },
     { path: 'LICENSE', source: text(licenseSummary(provenance)) },
     ...licenseFiles(),
-    { path: 'BUILDING', source: text(prebuiltGuide(provenance, bundleFiles)) },
+    { path: 'BUILDING', source: text(prebuiltGuide(provenance, bundleFiles.map((bundle) => bundle.file))) },
     ...(await toolFiles()),
   );
   return writeArchive(request.archiveDirectory, prebuiltDirectoryName(provenance), files, request.mtime);

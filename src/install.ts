@@ -413,6 +413,7 @@ export async function readProvenance(path: string): Promise<Provenance> {
     ['bundle', isText(value?.bundle?.file) && isSha256(value?.bundle?.sha256) && isSha256(value?.bundle?.sourceSha256)],
     ['bundle.loadAddress', /^0x[0-9a-f]+$/.test(value?.bundle?.loadAddress ?? '') && /^0x[0-9a-f]+$/.test(value?.bundle?.entryAddress ?? '')],
     ['library', isText(value?.library?.file) && isText(value?.library?.soname) && isSha256(value?.library?.sha256)],
+    ['sev', value?.variant !== 'sev' || [value?.sev?.qboot, value?.sev?.initrd].every((blob) => isText(blob?.source) && isSha256(blob?.sourceSha256))],
   ];
   const failed = checks.find(([, passed]) => !passed);
   if (failed) throw provenanceError(path, failed[0]);

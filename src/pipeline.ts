@@ -19,7 +19,7 @@ import { checkInitrd, checkQboot } from './sev.js';
 import { type Provenance, writeProvenance } from './provenance.js';
 import { runSelfTest } from './selftest/selftest.js';
 import { hashInputs, runStamped } from './stamps.js';
-import { auditConfig, expandConfigCommand, formatDropped, parseConfig, readFragments, renderFragment } from './stages/config.js';
+import { auditConfig, expandConfigCommand, formatDropped, oldConfigCommand, parseConfig, readFragments, renderFragment } from './stages/config.js';
 import { fetchKernelTarball } from './stages/download.js';
 import { buildKernelCommand, kernelVersionCommand } from './stages/kernel.js';
 import { type PatchFile, applyPatchCommand, listPatches } from './stages/patches.js';
@@ -299,19 +299,23 @@ async function prepareTree(plan: Plan, context: BuildContext, task: Task, option
 
 async function configureKernel(plan: Plan, context: BuildContext, task: Task, options: PipelineOptions): Promise<void> {
   const site = options.site!;
-  const requested = await readFragments(plan.configFragments);
+  // A full config (from a libkrunfw tree) is completed with olddefconfig, and what it changes is only reported.
+  // Fragments are expanded with allnoconfig, and every value they set must survive.
+  const full = plan.fullConfig;
+  const requested = await readFragments(full ? [full] : plan.configFragments);
   if (plan.maxCpus !== undefined) {
     requested.set('NR_CPUS', { value: String(plan.maxCpus), source: '--max-cpus', line: 0 });
-  } else if (!requested.has('NR_CPUS')) {
+  } else if (!full && !requested.has('NR_CPUS')) {
     requested.set('NR_CPUS', { value: String(DEFAULT_MAX_CPUS), source: 'default NR_CPUS', line: 0 });
   }
-  const merged = renderFragment(requested);
-  const mergedPath = join(plan.paths.stateDirectory, 'merged.config');
+  let input = full ? await readFile(full, 'utf8') : renderFragment(requested);
+  if (full && plan.maxCpus !== undefined) input += `\nCONFIG_NR_CPUS=${plan.maxCpus}\n`;
+  const inputPath = join(plan.paths.stateDirectory, full ? 'full.config' : 'merged.config');
   const tree = treeDirectory(site);
   const configPath = `${tree}/.config`;
   const hostConfigPath = join(plan.paths.stateDirectory, 'kernel.config');
   const target = { makeArch: plan.kernel.makeArch, crossCompile: plan.kernel.crossCompile };
-  const inputs = { tree: context.treeStamp, merged, target };
+  const inputs = { tree: context.treeStamp, input, full: Boolean(full), target };
 
   const outcome = await runStamped({
     stampFile: stampFile(plan, 'config'),
@@ -319,16 +323,22 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
     outputFiles: [configPath],
     probe: site,
     run: async () => {
-      await writeFileAtomic(mergedPath, merged);
+      await writeFileAtomic(inputPath, input);
       await rm(logFile(plan, 'configure'), { force: true });
-      task.output = 'make allnoconfig with the merged fragments';
-      await site.executor.run(expandConfigCommand(tree, site.toSite(mergedPath), target), {
-        logFile: logFile(plan, 'configure'),
-        signal: options.signal,
-      });
+      const logOptions = { logFile: logFile(plan, 'configure'), signal: options.signal };
+      if (full) {
+        task.output = `make olddefconfig from ${full}`;
+        await site.executor.run({ argv: ['cp', '--', site.toSite(inputPath), configPath], cwd: tree }, logOptions);
+        await site.executor.run(oldConfigCommand(tree, target), logOptions);
+      } else {
+        task.output = 'make allnoconfig with the merged fragments';
+        await site.executor.run(expandConfigCommand(tree, site.toSite(inputPath), target), logOptions);
+      }
       const dropped = auditConfig(requested, parseConfig(await site.readText(configPath), '.config'));
       const warnings: string[] = [];
-      if (dropped.length > 0) {
+      if (dropped.length > 0 && full) {
+        warnings.push(`olddefconfig changed ${dropped.length} option(s) of ${full}:\n${formatDropped(dropped)}`);
+      } else if (dropped.length > 0) {
         const message = `The kernel dropped ${dropped.length} requested config option(s):\n${formatDropped(dropped)}`;
         if (!plan.allowDropped) {
           // Without a stamp the next run configures again; remove .config too so make cannot use it.
@@ -346,7 +356,7 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
   context.warnings.push(...outcome.data.warnings);
   for (const warning of outcome.data.warnings) task.output = warning;
   const fragments = await Promise.all(
-    plan.configFragments.map(async (path) => ({ name: displayPath(path), sha256: await sha256File(path) })),
+    (full ? [full] : plan.configFragments).map(async (path) => ({ name: displayPath(path), sha256: await sha256File(path) })),
   );
   const hostConfig = await site.bringBack(configPath, hostConfigPath);
   context.config = {
@@ -366,7 +376,8 @@ async function buildKernel(plan: Plan, context: BuildContext, task: Task, option
   const artifactPath = `${tree}/${plan.kernel.artifact}`;
   const command = buildKernelCommand(tree, plan.kernel, plan.jobs);
   // -j does not change the result, so it is no input.
-  const inputs = { config: context.config!.stamp, configSha256: context.config!.sha256, env: command.env, target: plan.kernel };
+  // The .config content, not the config stamp: reconfiguring to the same .config needs no make.
+  const inputs = { tree: context.treeStamp, configSha256: context.config!.sha256, env: command.env, target: plan.kernel };
   const outcome = await runStamped({
     stampFile: stampFile(plan, 'kernel'),
     inputs,
@@ -518,6 +529,9 @@ function provenanceOf(plan: Plan, context: BuildContext): Provenance {
       entryAddress: context.bundle!.entryAddress,
     },
     library: { file: plan.library.names.fileName, soname: plan.library.names.soname, sha256: context.library!.sha256 },
+    ...(plan.sourceTree
+      ? { source: { directory: plan.sourceTree.directory, gitCommit: plan.sourceTree.revision?.commit, gitDirty: plan.sourceTree.revision?.dirty } }
+      : {}),
     ...(plan.sev && context.sevInputs
       ? {
           sev: {

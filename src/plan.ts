@@ -5,6 +5,7 @@ import { KrunfwError } from './errors.js';
 import { type GuestArch, type Host, GUEST_ARCHES, isGuestArch } from './host.js';
 import { type LibraryNames, type LibraryVersion, type TargetOs, type Variant, libraryNames } from './library.js';
 import type { LoadedBuilder } from './builders/definition.js';
+import type { SourceRevision, SourceTree } from './source-tree.js';
 import { fragmentPaths } from './stages/config.js';
 import { type VmPlan, checkMappablePath, vmNameFor } from './vm.js';
 import { kernelTarballUrl } from './stages/download.js';
@@ -43,6 +44,8 @@ export interface BuildRequest {
   qboot?: string;
   /** SEV: the initrd, a gzip-compressed cpio archive. */
   initrd?: string;
+  /** A libkrunfw-style tree, already read: its kernel version, ABI, config, patches and SEV files. */
+  sourceTree?: SourceTree & { revision?: SourceRevision };
   /** Directory with common.config and <arch>.config, instead of the shipped config-generic/. */
   configDirectory?: string;
   /** Extra config fragments, applied after the shipped ones. */
@@ -99,6 +102,10 @@ export interface Plan {
   sev?: { qboot: string; initrd: string };
   /** Config fragments in the order they apply. */
   configFragments: string[];
+  /** A full kernel config (from a libkrunfw tree), used instead of the fragments. */
+  fullConfig?: string;
+  /** The libkrunfw-style tree the build reads, and its git state. */
+  sourceTree?: SourceTree & { revision?: SourceRevision };
   /** NR_CPUS from --max-cpus; undefined leaves it to the fragments, or 16 when none sets it. */
   maxCpus?: number;
   allowDropped: boolean;
@@ -211,7 +218,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   if (request.kernelTarball !== undefined) {
     kernelSource = { kind: 'tarball', path: resolve(workDirectory, request.kernelTarball), expectedSha256 };
   } else {
-    const version = request.kernelVersion ?? DEFAULT_KERNEL_VERSION;
+    const version = request.kernelVersion ?? request.sourceTree?.kernelVersion ?? DEFAULT_KERNEL_VERSION;
     if (!KERNEL_VERSION_PATTERN.test(version)) {
       throw new KrunfwError(`Invalid kernel version: ${version}`, { hint: 'Use a release number such as 6.12.44.' });
     }
@@ -224,19 +231,29 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   let sev: Plan['sev'];
   if (variant === 'sev') {
     checkVariantSupported(variant, host, arch);
-    if (!request.qboot || !request.initrd) {
-      throw new KrunfwError(`The SEV variant needs ${!request.qboot ? 'the qboot firmware (--qboot FILE or KRUNFW_QBOOT)' : 'an initrd (--initrd FILE or KRUNFW_INITRD)'}`, {
+    const qboot = request.qboot ?? request.sourceTree?.qboot;
+    const initrd = request.initrd ?? request.sourceTree?.initrd;
+    if (!qboot || !initrd) {
+      throw new KrunfwError(`The SEV variant needs ${!qboot ? 'the qboot firmware (--qboot FILE or KRUNFW_QBOOT)' : 'an initrd (--initrd FILE or KRUNFW_INITRD)'}`, {
         hint: 'libkrun boots SEV guests through qboot (a 64 KiB firmware image) with an initrd (a gzip-compressed cpio archive); pass both files.',
       });
     }
-    sev = { qboot: resolve(workDirectory, request.qboot), initrd: resolve(workDirectory, request.initrd) };
+    sev = { qboot: resolve(workDirectory, qboot), initrd: resolve(workDirectory, initrd) };
   }
   const patchDirectories: Plan['patchDirectories'] = [];
-  if (request.patches !== false) {
-    patchDirectories.push({ label: '', path: resolve(workDirectory, request.patches ?? join(root, 'patches')) });
-    if (variant === 'sev') patchDirectories.push({ label: 'sev/', path: resolve(workDirectory, request.sevPatches ?? join(root, 'patches', 'sev')) });
+  const tree = request.sourceTree;
+  if (tree && request.configFragments?.length) {
+    throw new KrunfwError('--config fragments cannot be combined with --source-dir, whose configs are full configs', {
+      hint: 'Edit the tree\'s config-libkrunfw_<arch> file instead.',
+    });
   }
-  const configFragments = [
+  if (request.patches !== false) {
+    const generic = request.patches ?? (tree ? tree.patchDirectory : join(root, 'patches'));
+    const sevSeries = request.sevPatches ?? (tree ? tree.teePatchDirectory : join(root, 'patches', 'sev'));
+    if (generic) patchDirectories.push({ label: '', path: resolve(workDirectory, generic) });
+    if (variant === 'sev' && sevSeries) patchDirectories.push({ label: 'sev/', path: resolve(workDirectory, sevSeries) });
+  }
+  const configFragments = tree ? [] : [
     ...fragmentPaths(resolve(workDirectory, request.configDirectory ?? join(root, 'config-generic')), arch),
     ...(variant === 'sev' ? [join(root, 'config-sev', `${arch}.config`)] : []),
     ...(request.configFragments ?? []).map((fragment) => resolve(workDirectory, fragment)),
@@ -269,7 +286,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   const target = KERNEL_TARGETS[arch];
   const crossCompile = host.cpu === arch ? undefined : env.CROSS_COMPILE || target.crossPrefix;
   const targetOs: TargetOs = host.os === 'darwin' ? 'darwin' : 'linux';
-  const version: LibraryVersion = { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
+  const version: LibraryVersion = tree?.version ?? { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
   const stateDirectory = join(workDirectory, '.krunfw', `${mode === 'vm' ? 'vm-' : ''}${arch}-${variant}`);
 
   return {
@@ -285,6 +302,8 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
     kernelSource,
     patchDirectories,
     sev,
+    fullConfig: tree?.configFile,
+    sourceTree: tree,
     configFragments,
     maxCpus,
     allowDropped: request.allowDropped ?? false,

@@ -23,6 +23,8 @@ export interface Provenance {
   config: { sha256: string; maxCpus: number; fragments: Array<{ name: string; sha256: string }> };
   bundle: { file: string; sha256: string; sourceSha256: string; loadAddress: string; entryAddress: string };
   library: { file: string; soname: string; sha256: string };
+  /** Builds from a libkrunfw-style tree: where it was, and its git commit and whether it had uncommitted changes. */
+  source?: { directory: string; gitCommit?: string; gitDirty?: boolean };
   /** SEV variant only: the firmware and initrd bundled beside the kernel, by input file and generated source. */
   sev?: {
     qboot: { name: string; sha256: string; source: string; sourceSha256: string };

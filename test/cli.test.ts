@@ -89,7 +89,7 @@ describe('command line', () => {
 
   test('print-plan shows the plan without building', async () => {
     const workDirectory = await mkdtemp(join(tmpdir(), 'krunfw-plan-'));
-    const result = await runCli(['build', '--print-plan', '--arch', 'aarch64', '--work-dir', workDirectory, '--kernel-version', '6.12.1']);
+    const result = await runCli(['build', '--print-plan', '--json', '--arch', 'aarch64', '--work-dir', workDirectory, '--kernel-version', '6.12.1']);
     assert.equal(result.exitCode, 0, result.stderr);
     const plan = JSON.parse(result.stdout);
     assert.equal(plan.guestArch, 'aarch64');

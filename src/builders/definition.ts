@@ -34,6 +34,7 @@ export interface LoadedBuilder {
 const NAME_PATTERN = /^[a-z0-9][a-z0-9._-]*$/;
 // registry host (with a dot or a port), repository path, then a tag and/or digest.
 const IMAGE_PATTERN = /^[a-z0-9.-]+(\.[a-z0-9-]+|:\d+)\/[a-z0-9._\/-]+(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?$/;
+const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const FIELDS = new Set(['name', 'description', 'image', 'env', 'provision']);
 
 function invalid(path: string, field: string, expected: string): KrunfwError {
@@ -61,6 +62,12 @@ export function validateBuilder(value: unknown, path: string): BuilderDefinition
   }
   if (env !== undefined && (typeof env !== 'object' || env === null || Array.isArray(env) || Object.values(env).some((item) => typeof item !== 'string'))) {
     throw invalid(path, 'env', 'an object of string values');
+  }
+  // The variables reach the guest as env(1) arguments, where a name with "=" or a leading "-" would change their meaning.
+  for (const key of Object.keys((env as Record<string, string> | undefined) ?? {})) {
+    if (!ENV_NAME_PATTERN.test(key)) {
+      throw invalid(path, 'env', `an object keyed by variable names (letters, digits and "_", not starting with a digit), not ${JSON.stringify(key)}`);
+    }
   }
   if (!Array.isArray(provision)) throw invalid(path, 'provision', 'an array of commands, each an array of strings');
   provision.forEach((command, index) => {

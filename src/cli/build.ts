@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import type { Argv } from 'yargs';
 import { LocalExecutor } from '../exec/local.js';
+import { type GuestArch, isGuestArch } from '../host.js';
+import { readSourceRevision, readSourceTree } from '../source-tree.js';
+import { listPatches } from '../stages/patches.js';
+import { formatPlan } from '../plan-text.js';
 import { LocalSite } from '../exec/site.js';
 import { detectHost } from '../host.js';
 import { resolve } from 'node:path';
@@ -30,6 +34,7 @@ interface BuildArguments extends GlobalOptions {
   maxCpus?: number;
   jobs?: number;
   printPlan: boolean;
+  sourceDir?: string;
   vm: boolean;
   builder?: string;
   builderFile?: string;
@@ -63,7 +68,8 @@ export function buildCommand(yargs: Argv): Argv {
         .option('initrd', { type: 'string', description: 'SEV: the initrd, a gzip-compressed cpio archive [env: KRUNFW_INITRD]' })
         .option('patches-sev', { type: 'string', description: 'SEV: directory of *.patch files applied after the generic series [default: the shipped patches/sev/]' })
         .option('jobs', { alias: 'j', type: 'number', description: 'Parallel make jobs [default: the host\'s CPU count]' })
-        .option('print-plan', { type: 'boolean', default: false, description: 'Print the resolved plan and exit without building' })
+        .option('print-plan', { type: 'boolean', default: false, description: 'Print the resolved plan (with --json as data) and exit without building' })
+        .option('source-dir', { type: 'string', description: 'Build a libkrunfw checkout or fork: its Makefile\'s KERNEL_VERSION, ABI_VERSION and FULL_VERSION, its config-libkrunfw_ARCH, patches/ and, for SEV, patches-tee/, qboot/sev/bios.bin and initrd/initrd.gz' })
         .option('vm', { type: 'boolean', default: false, description: 'On Linux, build in a krunvm builder VM as on a Mac (always on on macOS)' })
         .option('builder', { type: 'string', description: 'Builder VM definition to use [env: BUILDER; default: fedora]; see krunfw-mac builders' })
         .option('builder-file', { type: 'string', description: 'Load a builder definition from this JSON file (and use it unless --builder names another)' })
@@ -119,9 +125,23 @@ export function buildCommand(yargs: Argv): Argv {
           }
           request.krunvm = (await which('krunvm', { nothrow: true })) ?? 'krunvm';
         }
+        if (argv.sourceDir) {
+          const directory = resolve(argv.sourceDir);
+          const arch = request.arch ?? (isGuestArch(host.cpu) ? host.cpu : 'x86_64');
+          request.sourceTree = {
+            ...(await readSourceTree(directory, arch as GuestArch, request.variant ?? 'generic', { qboot: request.qboot, initrd: request.initrd })),
+            revision: await readSourceRevision(directory),
+          };
+        }
         const plan = resolvePlan(request, host);
         if (argv.printPlan) {
-          printJson({ ...plan, vm: plan.vm && { ...plan.vm, builder: { name: plan.vm.builder.definition.name, path: plan.vm.builder.path, image: plan.vm.builder.definition.image } } });
+          const patches = [];
+          for (const directory of plan.patchDirectories) patches.push(...(await listPatches(directory.path)).map((patch) => patch.path));
+          if (argv.json) {
+            printJson({ ...plan, patches, vm: plan.vm && { ...plan.vm, builder: { name: plan.vm.builder.definition.name, path: plan.vm.builder.path, image: plan.vm.builder.definition.image } } });
+          } else {
+            process.stdout.write(formatPlan(plan, patches));
+          }
           return;
         }
         const site = plan.mode === 'native' ? new LocalSite(plan.paths.stateDirectory) : undefined;

@@ -6,7 +6,12 @@ import { buildCommand } from './build.js';
 import { buildersCommand } from './builders.js';
 import { bundleCommand } from './bundle.js';
 import { doctorCommand } from './doctor.js';
+import { distCommand } from './dist.js';
+import { formulaCommand } from './formula.js';
+import { homebrewCommand } from './homebrew.js';
+import { installCommand } from './install.js';
 import { linkCommand } from './link.js';
+import { uninstallCommand } from './uninstall.js';
 
 export async function main(argv: string[]): Promise<void> {
   let cli: Argv = yargs(hideBin(argv))
@@ -20,6 +25,10 @@ export async function main(argv: string[]): Promise<void> {
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 110))
     .help();
-  for (const register of [buildCommand, bundleCommand, linkCommand, doctorCommand, buildersCommand]) cli = register(cli);
+  const commands = [
+    buildCommand, bundleCommand, linkCommand, installCommand, uninstallCommand,
+    distCommand, homebrewCommand, formulaCommand, doctorCommand, buildersCommand,
+  ];
+  for (const register of commands) cli = register(cli);
   await cli.parseAsync();
 }

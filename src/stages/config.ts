@@ -102,6 +102,15 @@ export function expandConfigCommand(treeDirectory: string, mergedFragment: strin
   };
 }
 
+/** Completes a full .config for this kernel: new symbols get their defaults, unmet ones are dropped. */
+export function oldConfigCommand(treeDirectory: string, target: KernelMakeTarget): Command {
+  return {
+    argv: ['make', ...makeTargetVariables(target), 'olddefconfig'],
+    cwd: treeDirectory,
+    unsetEnv: ['MAKEFLAGS', 'MAKELEVEL', 'MFLAGS'],
+  };
+}
+
 /** A fragment setting that the expanded `.config` does not have. */
 export interface DroppedOption {
   symbol: string;
@@ -130,6 +139,6 @@ export function auditConfig(requested: ConfigSettings, finalConfig: ConfigSettin
 
 export function formatDropped(dropped: readonly DroppedOption[]): string {
   return dropped
-    .map((option) => `  CONFIG_${option.symbol}: requested ${option.expected}, got ${option.actual} (${option.source}:${option.line})`)
+    .map((option) => `  CONFIG_${option.symbol}: requested ${option.expected}, got ${option.actual} (${option.line > 0 ? `${option.source}:${option.line}` : option.source})`)
     .join('\n');
 }
