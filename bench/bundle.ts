@@ -4,13 +4,15 @@
 // 16 bytes a line).
 //
 //   npx tsc -p tsconfig.json
-//   node dist/bench/bundle.js [VMLINUX] [--runs N] [--compile-runs N] [--bytes-per-line 16,1024,...] [--keep]
+//   node dist/bench/bundle.js [VMLINUX] [--runs N] [--compile-runs N] [--bytes-per-line 16,1024,...]
+//                               [--synthetic] [--keep]
 //
 // Without VMLINUX it uses KRUNFW_BENCH_VMLINUX, then the first x86_64 vmlinux found under
 // /work/kernel-scratch (where this project's development machines keep kernel builds),
-// and otherwise synthesizes a 25 MiB ELF file.
+// and otherwise synthesizes a 25 MiB ELF file (always with --synthetic). --keep leaves the
+// generated C files and libraries in the temporary directory it prints.
 import { execa } from 'execa';
-import { access, mkdtemp, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -36,6 +38,7 @@ async function main(): Promise<void> {
       'compile-runs': { type: 'string', default: '3' },
       'bytes-per-line': { type: 'string' },
       keep: { type: 'boolean', default: false },
+      synthetic: { type: 'boolean', default: false },
     },
   });
   const runs = positiveInteger(values.runs, '--runs');
@@ -45,7 +48,7 @@ async function main(): Promise<void> {
 
   const workDirectory = await mkdtemp(join(tmpdir(), 'krunfw-bench-'));
   try {
-    const input = await findInput(positionals[0], workDirectory);
+    const input = await findInput(positionals[0], values.synthetic, workDirectory);
     console.log(`input: ${input.description}`);
     console.log(`machine: ${await describeMachine(cc)}`);
     console.log('');
@@ -67,36 +70,59 @@ async function main(): Promise<void> {
   }
 }
 
-/** Times reading, bundling and rendering `runs` times, prints the first run and the median of the rest, and returns the bundle. */
+interface StepTime {
+  wallMs: number;
+  /** User + system CPU time of this process, which other processes on the machine disturb less. */
+  cpuMs: number;
+}
+
+/** Runs `step` and returns its result with its wall-clock and CPU time. */
+async function measure<T>(step: () => T | Promise<T>): Promise<[T, StepTime]> {
+  const cpuStart = process.cpuUsage();
+  const wallStart = performance.now();
+  const result = await step();
+  const wallMs = performance.now() - wallStart;
+  const cpu = process.cpuUsage(cpuStart);
+  return [result, { wallMs, cpuMs: (cpu.user + cpu.system) / 1000 }];
+}
+
+/**
+ * Times reading, bundling and rendering `runs` times, prints the first run and the median of
+ * the rest, and returns the bundle.
+ */
 async function timeGeneration(path: string, runs: number): Promise<KernelBundle> {
-  const samples = { read: [] as number[], bundle: [] as number[], render: [] as number[], total: [] as number[] };
+  const samples: Record<'read' | 'bundle' | 'render' | 'total', StepTime[]> = { read: [], bundle: [], render: [], total: [] };
   let bundle: KernelBundle | undefined;
   let sourceSize = 0;
 
   for (let run = 0; run < runs; run++) {
-    const start = performance.now();
-    const data = await readFile(path);
-    const afterRead = performance.now();
-    bundle = bundleElfKernel(data, path);
-    const afterBundle = performance.now();
-    sourceSize = renderKernelSource(bundle, HEADER).byteLength;
-    const end = performance.now();
+    const [data, read] = await measure(() => readFile(path));
+    const [runBundle, layout] = await measure(() => bundleElfKernel(data, path));
+    const [source, render] = await measure(() => renderKernelSource(runBundle, HEADER));
+    bundle = runBundle;
+    sourceSize = source.byteLength;
 
-    samples.read.push(afterRead - start);
-    samples.bundle.push(afterBundle - afterRead);
-    samples.render.push(end - afterBundle);
-    samples.total.push(end - start);
+    samples.read.push(read);
+    samples.bundle.push(layout);
+    samples.render.push(render);
+    samples.total.push({ wallMs: read.wallMs + layout.wallMs + render.wallMs, cpuMs: read.cpuMs + layout.cpuMs + render.cpuMs });
   }
   if (bundle === undefined) {
-    throw new Error('no run');
+    throw new Error('--runs must be at least 1');
   }
 
   // A build renders once per process, so the first run, with V8 still compiling, is what a user
   // waits for. The later runs show the steady state.
-  const rows = [['step', 'first run', `median of next ${runs - 1}`]];
+  const rows = [['step', 'first run wall', 'first run CPU', `next ${runs - 1}: median wall`, 'median CPU']];
   for (const [step, values] of Object.entries(samples)) {
     const rest = values.slice(1);
-    rows.push([step, formatMs(values[0]), rest.length > 0 ? formatMs(median(rest)) : 'n/a']);
+    rows.push([
+      step,
+      formatMs(values[0].wallMs),
+      formatMs(values[0].cpuMs),
+      rest.length > 0 ? formatMs(median(rest.map((value) => value.wallMs))) : 'n/a',
+      rest.length > 0 ? formatMs(median(rest.map((value) => value.cpuMs))) : 'n/a',
+    ]);
   }
   console.log(`kernel.c generation: ${formatMiB(bundle.bytes.byteLength)} bundle, ${formatMiB(sourceSize)} kernel.c`);
   printTable(rows);
@@ -131,23 +157,84 @@ async function writeSources(bundle: KernelBundle, directory: string): Promise<So
   return files.map((file) => ({ label: file.label, path: file.path, size: file.source.byteLength, generationMs: file.ms }));
 }
 
+/** One C file to compile: a label for the table and its path. */
+interface CompileJob {
+  label: string;
+  path: string;
+  optimization: '-O0' | '-O2';
+}
+
+interface CompileResult {
+  /** Median wall-clock time in seconds. */
+  wallSeconds: number;
+  /** Median user + system CPU time in seconds, which other processes on the machine disturb less. */
+  cpuSeconds?: number;
+  /** Median maximum resident set size in KiB. */
+  maxRssKiB?: number;
+  librarySize: number;
+}
+
+/**
+ * Compiles every job `runs` times, taking the jobs in turn within each run so that a change
+ * in the machine's load affects all of them alike, and returns the medians per job.
+ */
+async function compileAll(jobs: CompileJob[], cc: string, runs: number): Promise<CompileResult[]> {
+  const samples = jobs.map(() => ({ wall: [] as number[], cpu: [] as number[], rss: [] as number[] }));
+  const timer = await findGnuTime();
+  for (let run = 0; run < runs; run++) {
+    for (const [index, job] of jobs.entries()) {
+      const args = [job.optimization, '-fPIC', '-shared', '-DABI_VERSION=5', '-o', libraryPath(job), job.path];
+      const start = performance.now();
+      const result = timer === undefined ? await execa(cc, args) : await execa(timer, ['-f', '%U %S %M', cc, ...args]);
+      samples[index].wall.push((performance.now() - start) / 1000);
+      if (timer !== undefined) {
+        const [user, system, rss] = result.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
+        samples[index].cpu.push(user + system);
+        samples[index].rss.push(rss);
+      }
+    }
+  }
+  return Promise.all(
+    jobs.map(async (job, index) => ({
+      wallSeconds: median(samples[index].wall),
+      cpuSeconds: timer === undefined ? undefined : median(samples[index].cpu),
+      maxRssKiB: timer === undefined ? undefined : median(samples[index].rss),
+      librarySize: (await stat(libraryPath(job))).size,
+    })),
+  );
+}
+
+function libraryPath(job: CompileJob): string {
+  return `${job.path}${job.optimization}.so`;
+}
+
+/** Returns GNU time, which reports the child's CPU time and maximum RSS, or undefined (macOS has BSD time). */
+async function findGnuTime(): Promise<string | undefined> {
+  const path = '/usr/bin/time';
+  const result = await execa(path, ['-f', '%M', 'true'], { reject: false }).catch(() => undefined);
+  return result?.exitCode === 0 ? path : undefined;
+}
+
 async function compareCompiles(files: SourceFile[], bundleSize: number, cc: string, runs: number): Promise<void> {
-  const rows: string[][] = [['C file', 'size', 'x bundle', 'write (1 run)', 'cc -O0', 'max RSS -O0', 'cc -O2', 'max RSS -O2', '.so size']];
-  for (const file of files) {
-    const output = `${file.path}.so`;
-    const o0 = await timeCompile(cc, file.path, output, '-O0', runs);
-    const o2 = await timeCompile(cc, file.path, output, '-O2', runs);
-    const librarySize = (await stat(output)).size;
+  const jobs = files.flatMap((file) =>
+    (['-O0', '-O2'] as const).map((optimization) => ({ label: file.label, path: file.path, optimization })),
+  );
+  const results = await compileAll(jobs, cc, runs);
+
+  const rows: string[][] = [['C file', 'size', 'x bundle', 'write (1 run)', 'cc', 'wall', 'CPU', 'max RSS', '.so size']];
+  for (const [index, job] of jobs.entries()) {
+    const file = files.find((candidate) => candidate.path === job.path)!;
+    const result = results[index];
     rows.push([
       file.label,
       formatMiB(file.size),
       (file.size / bundleSize).toFixed(2),
       formatMs(file.generationMs),
-      formatSeconds(o0.seconds),
-      o0.maxRssKiB === undefined ? 'n/a' : formatMiB(o0.maxRssKiB * 1024),
-      formatSeconds(o2.seconds),
-      o2.maxRssKiB === undefined ? 'n/a' : formatMiB(o2.maxRssKiB * 1024),
-      formatMiB(librarySize),
+      job.optimization,
+      formatSeconds(result.wallSeconds),
+      result.cpuSeconds === undefined ? 'n/a' : formatSeconds(result.cpuSeconds),
+      result.maxRssKiB === undefined ? 'n/a' : formatMiB(result.maxRssKiB * 1024),
+      formatMiB(result.librarySize),
     ]);
   }
   console.log(`compile with ${cc} -fPIC -shared -DABI_VERSION=5, median of ${runs} runs:`);
@@ -161,50 +248,30 @@ async function compareLineSizes(
   runs: number,
   directory: string,
 ): Promise<void> {
-  const rows: string[][] = [['bytes per line', 'kernel.c size', 'cc -O0', 'max RSS -O0']];
+  const jobs: CompileJob[] = [];
+  const sizes: number[] = [];
   for (const bytesPerLine of lineSizes) {
     const path = join(directory, `kernel-line-${bytesPerLine}.c`);
     const source = renderKernelSource(bundle, HEADER, { bytesPerLine });
     await writeFile(path, source);
-    const result = await timeCompile(cc, path, `${path}.so`, '-O0', runs);
+    jobs.push({ label: String(bytesPerLine), path, optimization: '-O0' });
+    sizes.push(source.byteLength);
+  }
+  const results = await compileAll(jobs, cc, runs);
+
+  const rows: string[][] = [['bytes per line', 'kernel.c size', 'wall', 'CPU', 'max RSS']];
+  for (const [index, job] of jobs.entries()) {
+    const result = results[index];
     rows.push([
-      String(bytesPerLine),
-      formatMiB(source.byteLength),
-      formatSeconds(result.seconds),
+      job.label,
+      formatMiB(sizes[index]),
+      formatSeconds(result.wallSeconds),
+      result.cpuSeconds === undefined ? 'n/a' : formatSeconds(result.cpuSeconds),
       result.maxRssKiB === undefined ? 'n/a' : formatMiB(result.maxRssKiB * 1024),
     ]);
   }
   console.log(`\nbytes per line of the new encoding, ${cc} -O0, median of ${runs} runs:`);
   printTable(rows);
-}
-
-interface CompileResult {
-  seconds: number;
-  maxRssKiB?: number;
-}
-
-/** GNU time reports the child's maximum RSS; BSD time (macOS) has no -f, so it is skipped there. */
-let gnuTime: boolean | undefined;
-
-async function timeCompile(cc: string, source: string, output: string, optimization: string, runs: number): Promise<CompileResult> {
-  if (gnuTime === undefined) {
-    gnuTime = await access('/usr/bin/time').then(
-      async () => (await execa('/usr/bin/time', ['-f', '%M', 'true'], { reject: false })).exitCode === 0,
-      () => false,
-    );
-  }
-  const args = [optimization, '-fPIC', '-shared', '-DABI_VERSION=5', '-o', output, source];
-  const seconds: number[] = [];
-  const rss: number[] = [];
-  for (let run = 0; run < runs; run++) {
-    const start = performance.now();
-    const result = gnuTime ? await execa('/usr/bin/time', ['-f', '%M', cc, ...args]) : await execa(cc, args);
-    seconds.push((performance.now() - start) / 1000);
-    if (gnuTime) {
-      rss.push(Number(result.stderr.trim().split('\n').at(-1)));
-    }
-  }
-  return { seconds: median(seconds), maxRssKiB: rss.length > 0 ? median(rss) : undefined };
 }
 
 /**
@@ -243,12 +310,12 @@ function renderReferenceSource(bundle: KernelBundle, newSource: Buffer): Buffer 
   return out.subarray(0, position);
 }
 
-async function findInput(argument: string | undefined, workDirectory: string): Promise<Input> {
-  const given = argument ?? process.env.KRUNFW_BENCH_VMLINUX;
+async function findInput(argument: string | undefined, synthetic: boolean, workDirectory: string): Promise<Input> {
+  const given = synthetic ? undefined : (argument ?? process.env.KRUNFW_BENCH_VMLINUX);
   if (given !== undefined) {
     return { path: given, description: `${given} (${formatMiB((await stat(given)).size)})` };
   }
-  const found = await findScratchVmlinux();
+  const found = synthetic ? undefined : await findScratchVmlinux();
   if (found !== undefined) {
     return { path: found, description: `${found} (${formatMiB((await stat(found)).size)}, found under ${SCRATCH_DIRECTORY})` };
   }
@@ -257,7 +324,7 @@ async function findInput(argument: string | undefined, workDirectory: string): P
   return {
     path,
     description:
-      `synthetic ${formatMiB(SYNTHETIC_SIZE)} ELF file (no vmlinux given or found). Its byte mix only imitates ` +
+      `synthetic ${formatMiB(SYNTHETIC_SIZE)} ELF file. Its byte mix only imitates ` +
       'a kernel, so encoded size and compile time differ from a real vmlinux.',
   };
 }

@@ -16,13 +16,13 @@ export type SourcesMode = 'full' | 'reference';
 export interface DistRequest {
   /** A finished build's output directory: kernel.c, kernel.config and provenance.json. */
   buildOutput: string;
-  /** Where the archives are written. */
+  /** Directory the archives are written to. */
   archiveDirectory: string;
   /** Also write the GPL source archive. */
   sources?: SourcesMode;
   /** The kernel tarball, when neither the path in provenance.json nor the download cache has it. */
   kernelTarball?: string;
-  /** Where the tarball can be downloaded, for a reference to a build from a local tarball. */
+  /** URL the tarball is published at, for a reference when the build used a local tarball. */
   kernelUrl?: string;
   /** The download cache, where a downloaded tarball is looked for. */
   cacheDirectory: string;
@@ -51,7 +51,11 @@ interface ArchiveFile {
   executable?: boolean;
 }
 
-/** Where the license texts go: names that Homebrew copies from the top of a build into the formula's prefix. */
+/**
+ * License texts by their name in the archives and their file in LICENSES/.
+ * Homebrew copies files with such names from the top of a build into the
+ * formula's prefix.
+ */
 export const LICENSE_FILES: ReadonlyArray<{ name: string; text: string }> = [
   { name: 'LICENSE-GPL-2.0-only.txt', text: 'GPL-2.0-only.txt' },
   { name: 'LICENSE-LGPL-2.1-only.txt', text: 'LGPL-2.1-only.txt' },
@@ -66,8 +70,8 @@ export function sourcesDirectoryName(provenance: Pick<Provenance, 'variant' | 'a
 }
 
 /**
- * The C files of a bundle with the SHA-256 the build recorded for each:
- * kernel.c, and for the SEV variant the firmware and initrd bundles.
+ * Lists the C files of a bundle with the SHA-256 the build recorded for
+ * each: kernel.c, and for the SEV variant the firmware and initrd bundles.
  */
 export function bundleSourceFiles(provenance: Provenance): Array<{ file: string; sha256: string }> {
   const files = [{ file: provenance.bundle.file, sha256: provenance.bundle.sourceSha256 }];
@@ -85,7 +89,8 @@ function text(value: string): { data: Uint8Array } {
 /** Appends SHA256SUMS, in the format `sha256sum -c` reads, listing every other file. */
 async function withChecksums(files: ArchiveFile[]): Promise<ArchiveFile[]> {
   const lines: string[] = [];
-  for (const file of [...files].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))) {
+  const sorted = [...files].sort((a, b) => Buffer.compare(Buffer.from(a.path), Buffer.from(b.path)));
+  for (const file of sorted) {
     const digest = 'data' in file.source ? sha256(file.source.data) : await sha256File(file.source.file);
     lines.push(`${digest}  ${file.path}`);
   }
@@ -202,7 +207,7 @@ async function resolvePackage(name: string, from: string, root: string): Promise
   }
 }
 
-/** The directories of every runtime dependency of the package at `root`, direct or indirect. */
+/** Returns the directories of every runtime dependency of the package at `root`, direct or indirect. */
 async function dependencyDirectories(root: string): Promise<string[]> {
   const found = new Set<string>();
   const queue = [root];
@@ -231,22 +236,22 @@ async function dependencyDirectories(root: string): Promise<string[]> {
 }
 
 /**
- * The files of this krunfw-mac that running the Homebrew hook needs: the
- * compiled code, the self-test source, the manifest, the licenses, and
- * every runtime dependency in the same node_modules layout. They go into
- * the prebuilt archive so that a formula needs only Node.js and a compiler.
+ * Lists the files of this krunfw-mac that the Homebrew hook needs: the
+ * compiled code, the self-test source, package.json, the licenses, and every
+ * runtime dependency in the same node_modules layout. They go into the
+ * prebuilt archive, so a formula needs only Node.js and a C compiler.
  */
 export async function toolFiles(root: string = packageRoot()): Promise<ArchiveFile[]> {
   const paths = ['package.json', 'LICENSE', 'bin/krunfw-mac.js', 'src/selftest/selftest.c'];
   paths.push(...(await listFiles(join(root, 'LICENSES'))).map((file) => `LICENSES/${file}`));
   const compiled = await listFiles(join(root, 'dist', 'src')).catch(() => []);
   if (compiled.length === 0) {
-    throw new KrunfwError(`Cannot bundle krunfw-mac: ${join(root, 'dist', 'src')} holds no compiled code`, { hint: `Run npm run build in ${root}.` });
+    throw new KrunfwError(`Cannot bundle krunfw-mac: ${join(root, 'dist', 'src')} contains no compiled code`, { hint: `Run npm run build in ${root}.` });
   }
   paths.push(...compiled.filter((file) => file.endsWith('.js')).map((file) => `dist/src/${file}`));
   for (const directory of await dependencyDirectories(root)) {
     const packagePath = relative(root, directory).split(sep).join('/');
-    // Nested node_modules directories hold other packages, which are collected on their own.
+    // A nested node_modules directory contains other packages, which are collected on their own.
     const files = await listFiles(directory, (path) => path === 'node_modules');
     paths.push(...files.map((file) => `${packagePath}/${file}`));
   }
@@ -301,9 +306,10 @@ function recordedPath(name: string): string {
 }
 
 /**
- * Lays out the config fragments so that `--config-dir config` rebuilds with
- * them when the first two are a common.config and an <arch>.config, as every
- * build's are; fragments added with --config go to config/extra/.
+ * Lays out the config fragments in the source archive. When the first two
+ * are a common.config and an <arch>.config, as in every build, they go to
+ * config/ so that `--config-dir config` rebuilds with them. Fragments added
+ * with --config go to config/extra/, numbered in the order they applied.
  */
 function configLayout(provenance: Provenance): { files: Array<{ path: string; name: string; sha256: string }>; buildArguments: string[] } {
   const fragments = provenance.config.fragments;
@@ -357,10 +363,10 @@ ${krunfwBuild}`;
 }
 
 /**
- * Writes `<library>-sources-<arch>.tar.gz`: the kernel tarball (or its URL
- * and SHA-256), the patch series, the config fragments, the expanded
- * .config, provenance.json, the licenses and a guide to rebuilding. Every
- * input is checked against the hash provenance.json recorded for it.
+ * Writes `<library>-sources-<arch>.tar.gz` with the kernel tarball (or its
+ * URL and SHA-256), the patch series, the config fragments, the expanded
+ * .config, provenance.json, the licenses and a guide to rebuilding. Each
+ * input must still have the SHA-256 that provenance.json recorded.
  */
 export async function writeSourcesArchive(request: DistRequest, provenance: Provenance, mode: SourcesMode): Promise<ArchiveResult> {
   const files: ArchiveFile[] = [];

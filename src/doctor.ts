@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import { open, statfs } from 'node:fs/promises';
-import { delimiter, join } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { delimiter, dirname, join, resolve } from 'node:path';
 import which from 'which';
 import { KrunfwError } from './errors.js';
 import { runKrunvm } from './exec/krunvm.js';
@@ -82,6 +83,13 @@ export async function findInstalledLibkrunfw(host: Host, env: NodeJS.ProcessEnv)
     }
   }
   return undefined;
+}
+
+/** Returns `path` made absolute, or its nearest parent that exists. */
+function nearestExistingPath(path: string): string {
+  let current = resolve(path);
+  while (!existsSync(current) && dirname(current) !== current) current = dirname(current);
+  return current;
 }
 
 async function check(name: string, body: () => Promise<Omit<CheckResult, 'name'>>): Promise<CheckResult> {
@@ -174,11 +182,17 @@ export async function runDoctor(request: DoctorRequest): Promise<CheckResult[]> 
 
   results.push(
     await check('free disk', async () => {
-      const stats = await statfs(request.workDirectory);
+      // A build creates the work directory, so before the first build the space comes from its nearest existing parent.
+      const measured = nearestExistingPath(request.workDirectory);
+      const where = measured === resolve(request.workDirectory) ? measured : `${measured} (for ${request.workDirectory}, not created yet)`;
+      if (!statSync(measured).isDirectory()) {
+        return { ok: false, detail: `${measured} is not a directory, so the work directory ${request.workDirectory} cannot be created`, hint: 'Pass another --work-dir.' };
+      }
+      const stats = await statfs(measured);
       const freeMiB = Math.floor((stats.bavail * stats.bsize) / (1024 * 1024));
       return freeMiB >= MINIMUM_FREE_DISK_MIB
-        ? { ok: true, detail: `${freeMiB} MiB free in ${request.workDirectory}` }
-        : { ok: false, detail: `only ${freeMiB} MiB free in ${request.workDirectory}; a build needs about ${MINIMUM_FREE_DISK_MIB} MiB`, hint: 'Free some space or pass another --work-dir.' };
+        ? { ok: true, detail: `${freeMiB} MiB free in ${where}` }
+        : { ok: false, detail: `only ${freeMiB} MiB free in ${where}; a build needs about ${MINIMUM_FREE_DISK_MIB} MiB`, hint: 'Free some space or pass another --work-dir.' };
     }),
   );
   results.push(

@@ -3,11 +3,11 @@ import { KrunfwError } from './errors.js';
 import { ABI_VERSION, toolVersion } from './versions.js';
 
 export interface FormulaRequest {
-  /** Where the prebuilt archive is published. */
+  /** URL of the published prebuilt archive. */
   url: string;
   /** The archive's SHA-256. */
   sha256: string;
-  /** The formula's version; read from the URL when not given. */
+  /** The formula's version. It is read from the URL when not given. */
   version?: string;
   /** The project page shown by `brew info`. */
   homepage?: string;
@@ -23,7 +23,7 @@ function rubyString(value: string): string {
   return `"${value.replace(/[\\"#]/g, (character) => `\\${character}`)}"`;
 }
 
-/** Reads a version such as 4.10.0 from the last path segment that holds one, like `v4.10.0/` or `-4.10.0.tar.gz`. */
+/** Reads a version such as 4.10.0 from the last path segment that contains one, like `v4.10.0/` or `-4.10.0.tar.gz`. */
 export function versionFromUrl(url: string): string | undefined {
   for (const segment of new URL(url).pathname.split('/').reverse()) {
     const match = /(?:^|[-_v])(\d+(?:\.\d+)+)(?!\d)/.exec(segment);
@@ -64,9 +64,9 @@ function checkRequest(request: FormulaRequest): { version: string; versionLine: 
 /**
  * Renders a Homebrew formula that installs libkrunfw from a prebuilt archive
  * made by `krunfw-mac dist`. The install step runs the krunfw-mac that the
- * archive carries (`tool/`) with Homebrew's Node.js, so the formula needs no
- * network and no kernel toolchain; the test step compiles a program against
- * -lkrunfw and checks krunfw_get_version().
+ * archive carries (`tool/`) with Homebrew's Node.js, so the formula needs
+ * no network and no kernel toolchain. The test step compiles a program
+ * against -lkrunfw and checks krunfw_get_version().
  */
 export function renderFormula(request: FormulaRequest): string {
   const { version, versionLine, homepage } = checkRequest(request);

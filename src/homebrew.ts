@@ -14,11 +14,11 @@ import type { Provenance } from './provenance.js';
 import { runSelfTest } from './selftest/selftest.js';
 import { ABI_VERSION, LIBRARY_MINOR_VERSION, LIBRARY_PATCH_VERSION } from './versions.js';
 
-/** What the Homebrew hook builds and where it installs it. */
+/** A request to the Homebrew hook: the prebuilt directory, the target, and the prefix to install into. */
 export interface HookRequest {
   /** The unpacked prebuilt directory (a formula's build directory). */
   directory: string;
-  /** Where the library is installed: the formula's prefix. */
+  /** Installation prefix: the formula's prefix. */
   prefix: string;
   /** The prefix that the dylib's install name points into: the formula's opt prefix. */
   optPrefix: string;
@@ -47,8 +47,9 @@ export interface HookResult {
 }
 
 /**
- * The guest architecture a library for this target carries: libkrun runs
- * only on Apple Silicon on macOS, and a Linux library matches its host.
+ * Returns the guest architecture that a library for this target carries.
+ * libkrun runs only on Apple Silicon on macOS, and a Linux library carries
+ * a guest of its host's architecture.
  */
 export function targetArch(targetOs: TargetOs, host: Host): string {
   return targetOs === 'darwin' ? 'aarch64' : host.cpu;
@@ -69,9 +70,9 @@ function parseChecksums(text: string, path: string): Map<string, string> {
 }
 
 /**
- * Checks an unpacked prebuilt directory before anything is compiled: that
- * the bundle is for this target's architecture and this ABI, that kernel.c
- * is the file the build recorded, and that every file SHA256SUMS lists is
+ * Checks an unpacked prebuilt directory before anything is compiled. The
+ * bundle must be for this target's architecture and this ABI, kernel.c must
+ * be the file the build recorded, and every file SHA256SUMS lists must be
  * intact. Fails listing every difference.
  */
 export async function checkPrebuilt(directory: string, target: { os: TargetOs; arch: string }): Promise<Provenance> {
@@ -134,9 +135,8 @@ export async function checkPrebuilt(directory: string, target: { os: TargetOs; a
 /**
  * Loads the library the way libkrun does and checks that it returns exactly
  * the bundle the build recorded. The prebuilt directory has no kernel
- * artifact, so the self-test program compares an empty prefix of it and
- * writes the whole bundle out, and its SHA-256 is compared with
- * provenance.json instead.
+ * artifact to compare with, so the self-test program gets an empty one and
+ * writes out the bundle it reads, whose SHA-256 must match provenance.json.
  * NOTE: the SEV variant's qboot and initrd are not compared: the prebuilt
  * directory holds only their C bundles, checked against provenance.json.
  */
@@ -169,11 +169,12 @@ async function selfTestPrebuilt(library: string, provenance: Provenance, workDir
 }
 
 /**
- * The install step of a Homebrew formula: checks the prebuilt directory,
- * compiles the bundle with CC, links the library with its install name in
- * the formula's opt prefix, runs the self-test when the library can be
- * loaded on this host, and installs the library, its symlinks, the license
- * texts and provenance.json into the prefix. Boots no VM and uses no network.
+ * Runs the install step of a Homebrew formula. Checks the prebuilt
+ * directory, compiles the bundle with CC into the library (a dylib's install
+ * name points into the formula's opt prefix), runs the self-test when the
+ * library can be loaded on this host, and installs the library, its
+ * symlinks, the license texts and provenance.json into the prefix. Boots no
+ * VM and uses no network.
  */
 export async function runHomebrewHook(request: HookRequest): Promise<HookResult> {
   const report = request.report ?? (() => {});

@@ -15,9 +15,9 @@ export type InstallAction =
   | { kind: 'file'; path: string; source: string; mode: number; sha256: string }
   | { kind: 'symlink'; path: string; target: string };
 
-/** What to install, and where. */
+/** An install request: the built library, the prefix and the layout under it. */
 export interface InstallRequest {
-  /** The directory that holds the built library. */
+  /** The directory that contains the built library. */
   libraryDirectory: string;
   names: LibraryNames;
   /** The library's OS, which picks the library path variable named in hints. */
@@ -41,7 +41,7 @@ interface InstallRecord {
   tool: string;
   files: Array<{ path: string; sha256: string }>;
   symlinks: Array<{ path: string; target: string }>;
-  /** Directories the installs created; uninstall removes those that are empty. */
+  /** Directories the installs created. Uninstall removes those that are empty. */
   directories: string[];
 }
 
@@ -72,9 +72,9 @@ export interface UninstallPlan {
   recordPath: string;
   /** Entries that are still what the install put there. */
   remove: UninstallEntry[];
-  /** Entries that are gone or were changed after the install, with the reason; they are left alone. */
+  /** Entries that are gone or were changed after the install, with the reason. Uninstall leaves them alone. */
   skip: Array<UninstallEntry & { reason: string }>;
-  /** Directories the install created, deepest first; each is removed if it ends up empty. */
+  /** Directories the install created, deepest first. Each is removed if it ends up empty. */
   directories: string[];
 }
 
@@ -85,16 +85,17 @@ export interface ApplyOptions {
   onAction?: (action: InstallAction) => void;
 }
 
-/** The variable that the dynamic loader reads extra library directories from. */
+/** Returns the variable that the dynamic loader reads extra library directories from. */
 export function libraryPathVariable(os: TargetOs): 'LD_LIBRARY_PATH' | 'DYLD_LIBRARY_PATH' {
   return os === 'darwin' ? 'DYLD_LIBRARY_PATH' : 'LD_LIBRARY_PATH';
 }
 
 /**
- * Picks the library directory under a prefix. Fedora, RHEL and openSUSE keep
- * 64-bit libraries in lib64, where /usr/lib64 is a real directory holding
- * libc; Debian and Ubuntu use lib (and /usr/lib64 holds only the dynamic
- * loader), and Arch makes /usr/lib64 a symlink to lib. macOS always uses lib.
+ * Picks the library directory under a prefix, as the host's distribution
+ * lays it out. Fedora, RHEL and openSUSE keep 64-bit libraries in lib64, and
+ * there /usr/lib64 is a real directory that contains libc. Debian and Ubuntu
+ * use lib, with only the dynamic loader in /usr/lib64. Arch makes /usr/lib64
+ * a symlink to lib. macOS always uses lib.
  */
 export async function defaultLibdir(os: TargetOs, systemRoot = '/'): Promise<'lib' | 'lib64'> {
   if (os === 'darwin') return 'lib';
@@ -197,7 +198,7 @@ async function readRecord(path: string): Promise<InstallRecord | undefined> {
   return record;
 }
 
-/** Whether a recorded file or symlink is still exactly what the install put there. */
+/** Returns why a recorded file or symlink is no longer what the install put there, or undefined when it is unchanged. */
 async function isUnchanged(root: string, entry: { path: string; sha256?: string; target?: string }): Promise<string | undefined> {
   const path = join(root, entry.path);
   const kind = await pathKind(path);
@@ -212,9 +213,9 @@ async function isUnchanged(root: string, entry: { path: string; sha256?: string;
 
 /**
  * Works out every change an install makes, without making any: the
- * directories to create, the library and extra files to copy, the symlinks,
- * and the install record, which also keeps tracking files from earlier
- * installs into the same prefix that are still in place.
+ * directories to create, the library and extra files to copy, the symlinks
+ * and the install record. The record also keeps tracking the files of
+ * earlier installs into the same prefix that are still in place.
  */
 export async function planInstall(request: InstallRequest): Promise<InstallPlan> {
   const root = installRoot(request.prefix, request.destdir);
@@ -359,7 +360,7 @@ export async function applyUninstall(plan: UninstallPlan, onRemove?: (path: stri
         await rmdir(directory);
         removedDirectories.push(directory);
       } catch (error) {
-        // A directory that now holds other files, or is gone already, stays as it is.
+        // A directory that now contains other files, or is gone already, stays as it is.
         const code = (error as NodeJS.ErrnoException).code;
         if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw error;
       }
@@ -442,10 +443,15 @@ export async function findBuiltLibrary(outputDirectory: string): Promise<BuiltLi
   const file = provenance.library.file;
   const linux = LINUX_FILE_PATTERN.exec(file);
   const darwin = DARWIN_FILE_PATTERN.exec(file);
-  const os: TargetOs | undefined = linux ? 'linux' : darwin ? 'darwin' : undefined;
-  const version = linux
-    ? { abi: Number(linux[1]), minor: Number(linux[2]), patch: Number(linux[3]) }
-    : { abi: Number(darwin?.[1]), minor: 0, patch: 0 };
+  let os: TargetOs | undefined;
+  let version = { abi: NaN, minor: 0, patch: 0 };
+  if (linux) {
+    os = 'linux';
+    version = { abi: Number(linux[1]), minor: Number(linux[2]), patch: Number(linux[3]) };
+  } else if (darwin) {
+    os = 'darwin';
+    version = { abi: Number(darwin[1]), minor: 0, patch: 0 };
+  }
   const names = os ? libraryNames(os, provenance.variant as Variant, version) : undefined;
   if (!os || !names || names.fileName !== file || version.abi !== provenance.abi) {
     throw new KrunfwError(`${provenancePath} names a library this krunfw-mac does not install: ${file} (ABI ${provenance.abi}, variant ${provenance.variant})`, {

@@ -53,7 +53,7 @@ export interface BuildResult {
   kernelSource: { path: string; sha256: string; bundleSha256: string };
   library: { path: string; sha256: string; links: string[] };
   provenance: string;
-  /** Which stages ran and which were skipped as up to date. */
+  /** Each stage's outcome: run, or skipped as up to date. */
   stages: Record<string, 'ran' | 'skipped'>;
   warnings: string[];
 }
@@ -75,7 +75,7 @@ interface BuildContext {
   warnings: string[];
 }
 
-/** What the bundle stage records for the self-test and the provenance file. */
+/** Facts the bundle stage records for the self-test and the provenance file. */
 interface BundleFacts {
   bundleSha256: string;
   loadAddress: string;
@@ -87,7 +87,7 @@ interface BundleFacts {
 export interface PipelineOptions {
   /** Runs the host stages: link and self-test. */
   executor: Executor;
-  /** Where the kernel stages run; for a VM build it is set once the VM is ready. */
+  /** The build site of the kernel stages; for a VM build it is set once the VM is ready. */
   site?: BuildSite;
   signal?: AbortSignal;
   /** Stream every subprocess line instead of a progress display. */
@@ -106,7 +106,7 @@ function logFile(plan: Plan, stage: string): string {
   return join(plan.paths.logs, `${stage}.log`);
 }
 
-/** A shipped file's path relative to the package, so provenance does not depend on where it is installed. */
+/** Returns a shipped file's path relative to the package, so provenance does not depend on where it is installed. */
 function displayPath(path: string): string {
   const root = packageRoot() + sep;
   return path.startsWith(root) ? path.slice(root.length) : path;
@@ -559,7 +559,7 @@ async function smokeTest(plan: Plan, context: BuildContext, task: Task, signal?:
   task.title = `Smoke test: the builder VM booted Linux ${release}`;
 }
 
-/** The build as a list of stages, run in order with progress on stderr. */
+/** Runs the build's stages in order, with progress on stderr, and returns what they produced. */
 export async function runBuild(plan: Plan, options: PipelineOptions): Promise<BuildResult> {
   const context: BuildContext = { stages: {}, warnings: [] };
   // The kernel stages run on the host, or in the builder VM once it is ready.

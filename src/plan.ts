@@ -20,7 +20,7 @@ import {
   toolVersion,
 } from './versions.js';
 
-/** What the user asked for on the command line, before defaults. */
+/** The user's request from the command line, before defaults. */
 export interface BuildRequest {
   /** Guest architecture; defaults to the host's. */
   arch?: string;
@@ -56,7 +56,7 @@ export interface BuildRequest {
   maxCpus?: number;
   /** Parallel make jobs; defaults to the host's CPU count. */
   jobs?: number;
-  /** Where kernel.c, the library and the provenance file go. */
+  /** Output directory for kernel.c, the library and the provenance file. */
   outputDirectory?: string;
   /** On Linux, build in a builder VM instead of on the host. */
   vm?: boolean;
@@ -76,7 +76,7 @@ export interface BuildRequest {
   smoke?: boolean;
 }
 
-/** Where the kernel tarball comes from. */
+/** The kernel tarball's origin: a download or a local file. */
 export type KernelSourcePlan =
   | { kind: 'download'; version: string; baseUrl: string; url: string; expectedSha256?: string }
   | { kind: 'tarball'; path: string; expectedSha256?: string };
@@ -84,7 +84,7 @@ export type KernelSourcePlan =
 /** Everything a build does, resolved once before any work starts. */
 export interface Plan {
   toolVersion: string;
-  /** Where the kernel is built: on this host, or in a krunvm builder VM. */
+  /** Build location: this host, or a krunvm builder VM. */
   mode: 'native' | 'vm';
   /** The builder VM, for a VM build. */
   vm?: VmPlan;
@@ -138,7 +138,7 @@ export interface Plan {
 const KERNEL_VERSION_PATTERN = /^\d+\.\d+(\.\d+)?(-rc\d+)?$/;
 const SHA256_PATTERN = /^[0-9a-f]{64}$/;
 
-/** The per-user download cache: KRUNFW_CACHE_DIR, else the platform's cache directory. */
+/** Returns the per-user download cache: KRUNFW_CACHE_DIR, else the platform's cache directory. */
 export function defaultCacheDirectory(host: Host, env: NodeJS.ProcessEnv): string {
   if (env.KRUNFW_CACHE_DIR) return resolve(env.KRUNFW_CACHE_DIR);
   if (host.os === 'darwin') return join(os.homedir(), 'Library', 'Caches', 'krunfw-mac');
@@ -159,7 +159,7 @@ export function compilerCommand(env: NodeJS.ProcessEnv): string[] {
 export function buildMode(host: Host, vmRequested: boolean): 'native' | 'vm' {
   if (host.os === 'darwin') {
     if (host.cpu !== 'aarch64') {
-      throw new KrunfwError(`macOS on ${host.cpu} is not supported: libkrun, and so krunvm, run only on Apple Silicon Macs.`, {
+      throw new KrunfwError(`macOS on ${host.cpu === 'x86_64' ? 'Intel (x86_64)' : host.cpu} is not supported: libkrun, and so krunvm, run only on Apple Silicon Macs.`, {
         hint: 'Build on an Apple Silicon Mac, or on Linux (krunfw-mac link --target-os darwin produces the macOS dylib there).',
       });
     }
@@ -180,7 +180,7 @@ export function checkVariantSupported(variant: Variant, host: Host, arch: string
   }
 }
 
-/** The builder VM's default size: all CPUs, half the memory within limits a kernel build needs and krunvm accepts. */
+/** Returns the builder VM's default size: all CPUs, and half the memory, kept between what a kernel build needs and what krunvm accepts. */
 export function defaultVmSize(host: Host): { cpus: number; memoryMiB: number } {
   return { cpus: host.cpus, memoryMiB: Math.min(16384, Math.max(2048, Math.floor(host.memoryMiB / 2))) };
 }

@@ -33,7 +33,7 @@ const GZIP_OS_OFFSET = 9;
 /** RFC 1952's code for Unix. */
 const GZIP_OS_UNIX = 3;
 
-/** A path as the archive stores it: relative, with `/` separators and no `.` or `..` parts. */
+/** Rejects a path the archive must not store: it must be relative, with `/` separators and no empty, `.` or `..` parts. */
 function checkArchivePath(path: string): void {
   const parts = path.split('/');
   if (path === '' || path.startsWith('/') || parts.some((part) => part === '' || part === '.' || part === '..')) {
@@ -122,7 +122,7 @@ function padding(size: number): Uint8Array {
   return remainder === 0 ? ZEROS.subarray(0, 0) : ZEROS.subarray(0, BLOCK - remainder);
 }
 
-/** The headers for one entry: a pax header first when the path needs one, then the ustar header. */
+/** Returns the headers of one entry: a pax header first when the path needs one, then the ustar header. */
 function entryHeaders(entry: TarEntry, size: number, mtime: number): Buffer[] {
   const storedPath = entry.kind === 'directory' ? `${entry.path}/` : entry.path;
   const mode = entry.kind === 'directory' || entry.executable ? 0o755 : 0o644;
@@ -131,7 +131,7 @@ function entryHeaders(entry: TarEntry, size: number, mtime: number): Buffer[] {
   if (split) return [ustarHeader({ ...split, mode, size, mtime, type })];
 
   const record = paxRecord('path', storedPath);
-  // The pax header's own name is informational; keep it short, ASCII and fixed.
+  // Readers take the path from the pax record, so the pax header's own name only needs to be short, ASCII and fixed.
   const paxName = `PaxHeaders/${Buffer.from(storedPath).subarray(-80).toString('latin1').replace(/[^\x20-\x7e]/g, '_')}`;
   const fallbackName = storedPath.replace(/[^\x20-\x7e]/g, '_').slice(-100);
   return [
@@ -183,11 +183,11 @@ async function* tarStream(entries: readonly TarEntry[], options: TarOptions): As
 }
 
 /**
- * Writes a gzip-compressed ustar archive that depends only on the entries:
- * sorted paths, parent directories added, uid and gid 0 with no owner
- * names, modes 0644 or 0755, one fixed timestamp, and a gzip header with no
- * file name, time 0 and a fixed OS byte. The archive is written under a
- * temporary name and renamed into place.
+ * Writes a gzip-compressed ustar archive whose bytes depend only on the
+ * entries. Paths are sorted and parent directories added. Every entry has
+ * uid and gid 0, no owner names, mode 0644 or 0755 and the one timestamp.
+ * The gzip header has no file name, time 0 and a fixed OS byte. The archive
+ * is written under a temporary name and renamed into place.
  *
  * NOTE: the compressed bytes come from the zlib that Node.js bundles, so
  * another Node.js release may compress differently; the tar stream inside
@@ -198,7 +198,7 @@ export async function writeTarGz(outputPath: string, entries: readonly TarEntry[
   const temporary = temporaryPathBeside(outputPath);
   try {
     await pipeline(Readable.from(tarStream(normalised, options)), createGzip({ level: 9 }), createWriteStream(temporary));
-    // zlib writes the OS it was compiled for (3 on Linux, 19 on macOS); an archive must not depend on that.
+    // zlib writes the OS it was compiled for (3 on Linux, 19 on macOS), and the archive must not depend on the host.
     const handle = await open(temporary, 'r+');
     try {
       await handle.write(Buffer.from([GZIP_OS_UNIX]), 0, 1, GZIP_OS_OFFSET);

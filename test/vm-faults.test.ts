@@ -2,8 +2,8 @@
 //
 // Failures of the builder VM path, through the krunvm test double. Most
 // builds here use a builder whose `make` is a stand-in and a fake kernel
-// tarball, so each one takes seconds; what they exercise (VM lifecycle,
-// guest command results, cleanup) is the real code.
+// tarball, so each one takes seconds. The code they exercise (VM lifecycle,
+// guest command results, cleanup) is the real one.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
@@ -33,7 +33,7 @@ let harness: VmHarness;
 let tarball: string;
 let directoryCount = 0;
 
-/** A fresh work directory under the harness root. */
+/** Creates a fresh work directory under the harness root. */
 async function newWorkDirectory(): Promise<string> {
   const directory = join(harness.root, `work-${++directoryCount}`);
   await mkdir(directory);

@@ -23,7 +23,7 @@ function sourcesMode(value: string | undefined): SourcesMode | undefined {
   throw new KrunfwError(`Invalid --sources value: ${value}`, { hint: 'Pass --sources to include the kernel tarball, or --sources=reference for its URL and SHA-256 only.' });
 }
 
-/** The archives' timestamp: SOURCE_DATE_EPOCH when set, as reproducible builds define it, else the epoch. */
+/** Returns the archives' timestamp: SOURCE_DATE_EPOCH when set, as reproducible builds define it, else 0. */
 function archiveTime(env: NodeJS.ProcessEnv): number {
   const value = env.SOURCE_DATE_EPOCH;
   if (value === undefined || value === '') return 0;

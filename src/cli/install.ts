@@ -21,7 +21,7 @@ export function withBuildOutputOptions<T>(command: Argv<T>): Argv<T> {
     .option('output-dir', { type: 'string', description: 'The build\'s output directory, holding provenance.json [default: WORK_DIR/out/ARCH]' }) as Argv<T>;
 }
 
-/** The output directory of the build the options name. */
+/** Returns the output directory of the build that the options name. */
 export function resolveBuildOutput(argv: BuildOutputArguments): string {
   if (argv.outputDir) return resolve(argv.outputDir);
   const arch = argv.arch ?? detectHost().cpu;
@@ -31,7 +31,7 @@ export function resolveBuildOutput(argv: BuildOutputArguments): string {
   return join(resolve(argv.workDir ?? process.cwd()), 'out', arch);
 }
 
-/** One line per change, as `--dry-run` prints them. */
+/** Describes one change in a line, as `--dry-run` prints it. */
 export function describeAction(action: InstallAction): string {
   if (action.kind === 'directory') return `create directory ${action.path}`;
   if (action.kind === 'file') return `install ${action.path} (from ${action.source})`;
@@ -92,7 +92,7 @@ export function installCommand(yargs: Argv): Argv {
           return;
         }
         process.stderr.write(`Installed ${library} and ${built.names.links.map(([link]) => link).join(', ')}\n`);
-        // The loaders search /usr/lib and /usr/local/lib without being told; other prefixes need the variable.
+        // The loaders search /usr/lib and /usr/local/lib by default, and other prefixes need the variable.
         const prefix = resolve(argv.prefix);
         if (plan.root === prefix && prefix !== '/usr' && prefix !== '/usr/local') {
           process.stderr.write(`To let libkrun find it: export ${libraryPathVariable(built.os)}=${join(prefix, libdir)}\n`);

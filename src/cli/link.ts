@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import { resolve } from 'node:path';
 import type { Argv } from 'yargs';
+import { KrunfwError } from '../errors.js';
 import { LocalExecutor } from '../exec/local.js';
 import { detectHost } from '../host.js';
 import { type TargetOs, type Variant, libraryNames } from '../library.js';
@@ -35,6 +36,11 @@ export function linkCommand(yargs: Argv): Argv {
       await runCommand(argv, async () => {
         const host = detectHost();
         const targetOs: TargetOs = argv.targetOs ?? (host.os === 'darwin' ? 'darwin' : 'linux');
+        if (targetOs === 'darwin' && argv.variant === 'sev') {
+          throw new KrunfwError('The SEV variant has no macOS library: libkrun supports AMD SEV guests only on Linux hosts.', {
+            hint: 'Link the generic variant for darwin, or the SEV variant with --target-os linux.',
+          });
+        }
         const crossTarget = targetOs === 'darwin' && host.os !== 'darwin' ? DARWIN_CROSS_TARGET : undefined;
         const version = { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
         const names = libraryNames(targetOs, argv.variant, version);

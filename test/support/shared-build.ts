@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { BuildResult } from '../../src/pipeline.js';
 import { DEBIAN_KERNEL_TARBALL, TEST_CACHE, runCli } from './cli.js';
 
 /**
@@ -14,19 +15,8 @@ export function sharedWorkDirectory(arch: 'x86_64' | 'aarch64'): string {
   return join(TEST_CACHE, 'e2e', arch);
 }
 
-/** The fields of `build --json` the tests read. */
-export interface BuildJson {
-  arch: string;
-  kernelVersion: string;
-  tarball: { path: string; sha256: string; url?: string };
-  kernelArtifact: { path: string; sha256: string };
-  kernelConfig: { path: string; sha256: string };
-  kernelSource: { path: string; sha256: string; bundleSha256: string };
-  library: { path: string; sha256: string; links: string[] };
-  provenance: string;
-  stages: Record<string, 'ran' | 'skipped'>;
-  warnings: string[];
-}
+/** What `build --json` prints: the build result without the plan, plus the arch and variant. */
+export type BuildJson = Omit<BuildResult, 'plan'> & { arch: string; variant: string };
 
 /** Builds (or finds up to date) the shipped configuration from Debian's 6.1 source. */
 export async function sharedBuild(arch: 'x86_64' | 'aarch64', extraArgs: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<BuildJson> {

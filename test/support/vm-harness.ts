@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 /**
- * Helpers for the builder VM tests: a krunvm test double with everything a
- * `build --vm` needs around it (an installed libkrunfw for doctor, private
- * caches and config directories), and a stand-in builder whose `make` only
+ * Helpers for the builder VM tests. A harness is a krunvm test double with
+ * what a `build --vm` needs around it: an installed libkrunfw for doctor, and
+ * private cache and config directories. The stand-in builder's `make` only
  * pretends to build a kernel, so that VM faults can be tested in seconds.
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -28,7 +28,7 @@ export interface VmHarness {
   libraryDirectory: string;
   /** bin.env plus LD_LIBRARY_PATH, a private download cache and config directory, and NO_COLOR. */
   env: NodeJS.ProcessEnv;
-  /** Deletes every VM the double knows, then removes the double and `root`. */
+  /** Deletes every VM the double lists, then removes the double and `root`. */
   remove(): Promise<void>;
 }
 
@@ -98,7 +98,7 @@ export async function callsSince(bin: KrunvmBin, skip: number): Promise<string[]
   return (await readKrunvmCalls(bin.stateDirectory)).slice(skip);
 }
 
-/** The arguments of a VM build with the debian builder of Debian's 6.1 source and the small test config. */
+/** Returns the arguments of a VM build of Debian's 6.1 source with the debian builder and the small test config. */
 export function debianBuildArguments(workDirectory: string, extra: string[] = []): string[] {
   return [
     'build',
@@ -119,7 +119,7 @@ export function debianBuildArguments(workDirectory: string, extra: string[] = []
 export type FakeKernelTarget = 'copy' | 'fail' | 'missing' | 'hang';
 
 /**
- * A POSIX shell stand-in for make in the builder VM. It knows the three
+ * A POSIX shell stand-in for make in the builder VM. It handles the three
  * calls the kernel stages make: `make -s kernelversion`, `make ...
  * KCONFIG_ALLCONFIG=FILE allnoconfig` (which copies the fragment to .config,
  * so the config audit finds every requested value) and `make ... vmlinux`.
@@ -187,7 +187,7 @@ export async function writeFakeKernelTarball(directory: string): Promise<string>
   return tarball;
 }
 
-/** The arguments of a VM build that uses a fake-make builder file and a fake kernel tarball. */
+/** Returns the arguments of a VM build that uses a fake-make builder file and a fake kernel tarball. */
 export function fakeBuildArguments(workDirectory: string, builderFile: string, tarball: string, extra: string[] = []): string[] {
   return [
     'build',
