@@ -7,13 +7,13 @@
 //   node dist/bench/bundle.js [VMLINUX] [--runs N] [--compile-runs N] [--bytes-per-line 16,1024,...]
 //                               [--synthetic] [--keep]
 //
-// Without VMLINUX it uses KRUNFW_BENCH_VMLINUX, then the first x86_64 vmlinux found under
-// /work/kernel-scratch (where this project's development machines keep kernel builds),
+// Without VMLINUX it uses KRUNFW_BENCH_VMLINUX, then the vmlinux that `npm test` leaves in the
+// test cache, then the first x86_64 vmlinux under /work/kernel-scratch (a development machine's),
 // and otherwise synthesizes a 25 MiB ELF file (always with --synthetic). --keep leaves the
 // generated C files and libraries in the temporary directory it prints.
 import { execa } from 'execa';
 import { mkdtemp, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { homedir, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
@@ -188,7 +188,9 @@ async function compileAll(jobs: CompileJob[], cc: string, runs: number): Promise
       const result = timer === undefined ? await execa(cc, args) : await execa(timer, ['-f', '%U %S %M', cc, ...args]);
       samples[index].wall.push((performance.now() - start) / 1000);
       if (timer !== undefined) {
-        const [user, system, rss] = result.stderr.trim().split('\n').at(-1)!.split(' ').map(Number);
+        // GNU time prints its line last, after anything the compiler wrote to stderr.
+        const lastLine = result.stderr.trim().split('\n').at(-1) ?? '';
+        const [user, system, rss] = lastLine.split(' ').map(Number);
         samples[index].cpu.push(user + system);
         samples[index].rss.push(rss);
       }
@@ -311,13 +313,13 @@ function renderReferenceSource(bundle: KernelBundle, newSource: Buffer): Buffer 
 }
 
 async function findInput(argument: string | undefined, synthetic: boolean, workDirectory: string): Promise<Input> {
-  const given = synthetic ? undefined : (argument ?? process.env.KRUNFW_BENCH_VMLINUX);
-  if (given !== undefined) {
-    return { path: given, description: `${given} (${formatMiB((await stat(given)).size)})` };
+  const explicitPath = synthetic ? undefined : (argument ?? process.env.KRUNFW_BENCH_VMLINUX);
+  if (explicitPath !== undefined) {
+    return { path: explicitPath, description: `${explicitPath} (${formatMiB((await stat(explicitPath)).size)})` };
   }
   const found = synthetic ? undefined : await findScratchVmlinux();
   if (found !== undefined) {
-    return { path: found, description: `${found} (${formatMiB((await stat(found)).size)}, found under ${SCRATCH_DIRECTORY})` };
+    return { path: found, description: `${found} (${formatMiB((await stat(found)).size)}, found automatically)` };
   }
   const path = join(workDirectory, 'synthetic-vmlinux');
   await writeFile(path, synthesizeVmlinux());
@@ -331,7 +333,9 @@ async function findInput(argument: string | undefined, synthetic: boolean, workD
 
 /** Returns the first x86_64 vmlinux at SCRATCH/*\/vmlinux or SCRATCH/*\/*\/vmlinux, if any. */
 async function findScratchVmlinux(): Promise<string | undefined> {
-  const candidates: string[] = [];
+  // The end-to-end tests leave a real vmlinux in the test cache; any machine that ran `npm test` has one.
+  const testCache = process.env.KRUNFW_TEST_CACHE ?? join(homedir(), '.cache', 'krunfw-mac-tests');
+  const candidates: string[] = [join(testCache, 'e2e', 'x86_64', '.krunfw', 'x86_64-generic', 'tree', 'vmlinux')];
   const entries = await readdir(SCRATCH_DIRECTORY, { withFileTypes: true }).catch(() => []);
   for (const entry of entries.filter((item) => item.isDirectory()).sort((a, b) => a.name.localeCompare(b.name))) {
     const directory = join(SCRATCH_DIRECTORY, entry.name);
@@ -417,7 +421,7 @@ async function describeMachine(cc: string): Promise<string> {
   const model = /^model name\s*:\s*(.*)$/m.exec(cpuInfo)?.[1] ?? 'unknown CPU';
   const cpus = (cpuInfo.match(/^processor\s*:/gm) ?? []).length;
   const compiler = (await execa(cc, ['--version'], { reject: false })).stdout.split('\n')[0];
-  // Other processes slow every step, so the load average says how far to trust the numbers.
+  // Other processes slow every step, so the load average shows how far to trust the numbers.
   const load = loadavg().map((value) => value.toFixed(2)).join(' ');
   return `${model}, ${cpus} CPUs, Node ${process.version}, ${compiler}, load average ${load}`;
 }

@@ -307,27 +307,34 @@ function recordedPath(name: string): string {
 
 /**
  * Lays out the config fragments in the source archive. When the first two
- * are a common.config and an <arch>.config, as in every build, they go to
- * config/ so that `--config-dir config` rebuilds with them. Fragments added
- * with --config go to config/extra/, numbered in the order they applied.
+ * are a common.config and an <arch>.config, as in a generic build, they go
+ * to config/ so that `--config-dir config` rebuilds with them, and fragments
+ * added with --config go to config/extra/. Any other list (an SEV build, or
+ * the full config of a source tree) goes to config/ numbered in order.
  */
-function configLayout(provenance: Provenance): { files: Array<{ path: string; name: string; sha256: string }>; buildArguments: string[] } {
+function configLayout(provenance: Provenance): { files: Array<{ path: string; name: string; sha256: string }>; buildArguments?: string[] } {
   const fragments = provenance.config.fragments;
-  const standard = fragments.length >= 2
+  const standard = provenance.variant === 'generic'
+    && fragments.length >= 2
     && basename(fragments[0]!.name) === 'common.config'
     && basename(fragments[1]!.name) === `${provenance.arch}.config`;
+  const numbered = (index: number, name: string) => `${String(index + 1).padStart(2, '0')}-${basename(name)}`;
   const files = fragments.map((fragment, index) => {
-    const path = standard && index < 2
-      ? `config/${basename(fragment.name)}`
-      : `config/extra/${String(index + 1).padStart(2, '0')}-${basename(fragment.name)}`;
+    let path = `config/${numbered(index, fragment.name)}`;
+    if (standard) path = index < 2 ? `config/${basename(fragment.name)}` : `config/extra/${numbered(index, fragment.name)}`;
     return { path, name: fragment.name, sha256: fragment.sha256 };
   });
-  const extras = files.filter((file) => file.path.startsWith('config/extra/')).flatMap((file) => ['--config', file.path]);
-  const buildArguments = standard ? ['--config-dir', 'config', ...extras] : [];
-  return { files, buildArguments };
+  if (!standard) return { files };
+  const extras = files.slice(2).flatMap((file) => ['--config', file.path]);
+  return { files, buildArguments: ['--config-dir', 'config', ...extras] };
 }
 
-function sourcesGuide(provenance: Provenance, tarball: { file: string; url?: string }, patches: string[], buildArguments: string[]): string {
+/** Returns a patch's path in the source archive: shipped series keep their place under patches/, others go to patches/ by name. */
+function patchArchivePath(name: string): string {
+  return !isAbsolute(name) && name.startsWith('patches/') ? name : `patches/${basename(name)}`;
+}
+
+function sourcesGuide(provenance: Provenance, tarball: { file: string; url?: string }, patches: string[], buildArguments?: string[]): string {
   const target = KERNEL_TARGETS[provenance.arch as keyof typeof KERNEL_TARGETS];
   const environment = Object.entries({ ...REPRODUCIBLE_BUILD_ENV, KBUILD_BUILD_VERSION: '1' }).map(([key, value]) => `${key}='${value}'`).join(' ');
   const crossNote = target ? `\n   Add CROSS_COMPILE=${target.crossPrefix} when building on another architecture.` : '';
@@ -337,7 +344,9 @@ function sourcesGuide(provenance: Provenance, tarball: { file: string; url?: str
   const patchSteps = patches.length > 0
     ? `2. In the unpacked tree, apply the patches in this order:\n${patches.map((patch) => `     patch -p1 < ${patch}`).join('\n')}`
     : '2. The build applied no patches.';
-  const krunfwBuild = buildArguments.length > 0
+  // The one-command rebuild exists for a generic build from the shipped layout, with one flat patch series.
+  const flatSeries = patches.every((patch) => /^patches\/[^/]+$/.test(patch));
+  const krunfwBuild = buildArguments && flatSeries && !provenance.source
     ? `\nkrunfw-mac ${provenance.tool.version} runs the same steps in one command:\n\n  krunfw-mac build --arch ${provenance.arch} --kernel-tarball ${tarball.file} ${patches.length > 0 ? '--patches patches' : '--no-patches'} ${buildArguments.join(' ')} --max-cpus ${provenance.config.maxCpus}\n`
     : '';
   return `Complete corresponding source of the Linux ${provenance.kernel.version} kernel in ${prebuiltDirectoryName(provenance)}
@@ -392,8 +401,8 @@ export async function writeSourcesArchive(request: DistRequest, provenance: Prov
 
   const patches: string[] = [];
   for (const patch of provenance.patches) {
-    const path = `patches/${basename(patch.name)}`;
-    if (patches.includes(path)) throw new KrunfwError(`Two patches of the build share the file name ${basename(patch.name)}`, { hint: 'Rename one of them and build again.' });
+    const path = patchArchivePath(patch.name);
+    if (patches.includes(path)) throw new KrunfwError(`Two patches of the build would both be stored as ${path}`, { hint: 'Rename one of them and build again.' });
     const file = recordedPath(patch.name);
     await checkRecordedFile(file, patch.sha256, 'Patch');
     patches.push(path);

@@ -7,7 +7,7 @@ import { KrunfwError } from './errors.js';
 import type { Executor } from './exec/executor.js';
 import { sha256File } from './hash.js';
 import type { Host } from './host.js';
-import { applyInstall, planInstall, readProvenance } from './install.js';
+import { applyInstall, parseLibraryFileName, planInstall, readProvenance } from './install.js';
 import { type TargetOs, type Variant, libraryBaseName, libraryNames } from './library.js';
 import { linkLibrary } from './link.js';
 import type { Provenance } from './provenance.js';
@@ -183,7 +183,11 @@ export async function runHomebrewHook(request: HookRequest): Promise<HookResult>
   report(`Checked ${request.directory}: Linux ${provenance.kernel.version} for ${provenance.arch}, ABI ${provenance.abi}, bundle intact`);
 
   const variant = provenance.variant as Variant;
-  const version = { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
+  // A Linux build's file name carries the library's minor and patch version; keep them.
+  const recorded = parseLibraryFileName(provenance.library.file);
+  const version = recorded?.os === 'linux'
+    ? { ...recorded.version, abi: ABI_VERSION }
+    : { abi: ABI_VERSION, minor: LIBRARY_MINOR_VERSION, patch: LIBRARY_PATCH_VERSION };
   const names = libraryNames(request.targetOs, variant, version);
   const installName = request.targetOs === 'darwin' ? join(request.optPrefix, 'lib', names.fileName) : undefined;
   const workDirectory = await mkdtemp(join(tmpdir(), 'krunfw-homebrew-'));

@@ -5,7 +5,7 @@ import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { KrunfwError } from './errors.js';
 import { symlinkAtomic, temporaryPathBeside, writeFileAtomic } from './files.js';
 import { sha256File } from './hash.js';
-import { type LibraryNames, type TargetOs, type Variant, libraryBaseName, libraryNames } from './library.js';
+import { type LibraryNames, type LibraryVersion, type TargetOs, type Variant, libraryBaseName, libraryNames } from './library.js';
 import type { Provenance } from './provenance.js';
 import { toolVersion } from './versions.js';
 
@@ -310,8 +310,11 @@ export async function applyInstall(plan: InstallPlan, options: ApplyOptions = {}
     }
     if (plan.recordPath && plan.record) await writeFileAtomic(plan.recordPath, JSON.stringify(plan.record, null, 2) + '\n');
   } catch (error) {
-    const errno = error as NodeJS.ErrnoException;
-    if (errno.code && NOT_WRITABLE_CODES.has(errno.code)) throw notWritableError(errno.path ?? plan.root, errno.code, plan.os, plan.libdir, error);
+    // copyFile reports the source in `path` and the destination in `dest`.
+    const errno = error as NodeJS.ErrnoException & { dest?: string };
+    if (errno.code && NOT_WRITABLE_CODES.has(errno.code)) {
+      throw notWritableError(errno.dest ?? errno.path ?? plan.root, errno.code, plan.os, plan.libdir, error);
+    }
     throw error;
   }
 }
@@ -424,6 +427,18 @@ export async function readProvenance(path: string): Promise<Provenance> {
 const LINUX_FILE_PATTERN = /^libkrunfw(?:-sev)?\.so\.(\d+)\.(\d+)\.(\d+)$/;
 const DARWIN_FILE_PATTERN = /^libkrunfw(?:-sev)?\.(\d+)\.dylib$/;
 
+/**
+ * Reads the OS and version from a library's file name. A dylib's name
+ * carries only the ABI, so its minor and patch versions are returned as 0.
+ */
+export function parseLibraryFileName(file: string): { os: TargetOs; version: LibraryVersion } | undefined {
+  const linux = LINUX_FILE_PATTERN.exec(file);
+  if (linux) return { os: 'linux', version: { abi: Number(linux[1]), minor: Number(linux[2]), patch: Number(linux[3]) } };
+  const darwin = DARWIN_FILE_PATTERN.exec(file);
+  if (darwin) return { os: 'darwin', version: { abi: Number(darwin[1]), minor: 0, patch: 0 } };
+  return undefined;
+}
+
 /** A finished build's library, as its provenance file describes it. */
 export interface BuiltLibrary {
   directory: string;
@@ -441,19 +456,9 @@ export async function findBuiltLibrary(outputDirectory: string): Promise<BuiltLi
   const provenancePath = join(outputDirectory, 'provenance.json');
   const provenance = await readProvenance(provenancePath);
   const file = provenance.library.file;
-  const linux = LINUX_FILE_PATTERN.exec(file);
-  const darwin = DARWIN_FILE_PATTERN.exec(file);
-  let os: TargetOs | undefined;
-  let version = { abi: NaN, minor: 0, patch: 0 };
-  if (linux) {
-    os = 'linux';
-    version = { abi: Number(linux[1]), minor: Number(linux[2]), patch: Number(linux[3]) };
-  } else if (darwin) {
-    os = 'darwin';
-    version = { abi: Number(darwin[1]), minor: 0, patch: 0 };
-  }
-  const names = os ? libraryNames(os, provenance.variant as Variant, version) : undefined;
-  if (!os || !names || names.fileName !== file || version.abi !== provenance.abi) {
+  const parsed = parseLibraryFileName(file);
+  const names = parsed && libraryNames(parsed.os, provenance.variant as Variant, parsed.version);
+  if (!parsed || !names || names.fileName !== file || parsed.version.abi !== provenance.abi) {
     throw new KrunfwError(`${provenancePath} names a library this krunfw-mac does not install: ${file} (ABI ${provenance.abi}, variant ${provenance.variant})`, {
       hint: 'Build again with this version of krunfw-mac.',
     });
@@ -471,5 +476,5 @@ export async function findBuiltLibrary(outputDirectory: string): Promise<BuiltLi
       hint: 'It was changed or linked again after the build. Run krunfw-mac build again to make the two match.',
     });
   }
-  return { directory: outputDirectory, provenance, os, names };
+  return { directory: outputDirectory, provenance, os: parsed.os, names };
 }

@@ -28,6 +28,9 @@ interface VmRecord {
   name: string;
   image: string;
   builderSha256: string;
+  /** The size given to krunvm create, which a later start cannot change. */
+  cpus: number;
+  memoryMiB: number;
 }
 
 /** Returns a VM name derived from the work directory's path. */
@@ -69,9 +72,10 @@ async function readRecord(path: string): Promise<VmRecord | undefined> {
 }
 
 /**
- * Creates and provisions the builder VM, or reuses a kept one that the same
- * builder definition provisioned. A VM of this name left by an earlier run
- * (crashed, or provisioned from another definition) is deleted first.
+ * Creates and provisions the builder VM, or, with --keep-vm, reuses a kept
+ * one that the same builder definition provisioned at the same size. A VM of
+ * this name left by an earlier run (crashed, kept, or provisioned from another
+ * definition or at another size) is deleted first.
  */
 export async function prepareVm(
   vm: VmPlan,
@@ -81,16 +85,18 @@ export async function prepareVm(
   const executor = new KrunvmExecutor(vm.krunvm, vm.name, vm.builder.definition.env);
   const existing = (await listVms(vm.krunvm, options.signal)).includes(vm.name);
   const record = await readRecord(vm.recordFile);
-  if (existing && vm.keep && record?.builderSha256 === vm.builder.sha256 && record.image === vm.builder.definition.image) {
+  const sameDefinition = record?.builderSha256 === vm.builder.sha256 && record.image === vm.builder.definition.image;
+  const sameSize = record?.cpus === vm.cpus && record.memoryMiB === vm.memoryMiB;
+  if (existing && vm.keep && sameDefinition && sameSize) {
     options.report(`Reusing VM ${vm.name}, provisioned from ${vm.builder.path}`);
     return { executor, reused: true };
   }
   if (existing) {
-    options.report(
-      record && record.builderSha256 !== vm.builder.sha256
-        ? `Builder definition changed; replacing VM ${vm.name}`
-        : `Replacing VM ${vm.name}, left behind by an earlier run`,
-    );
+    let reason = `Replacing VM ${vm.name}, left behind by an earlier run`;
+    if (record && !sameDefinition) reason = `Builder definition changed; replacing VM ${vm.name}`;
+    else if (record && !vm.keep) reason = `Replacing VM ${vm.name}, kept by an earlier build (pass --keep-vm to reuse it)`;
+    else if (record && !sameSize) reason = `VM size changed to ${vm.cpus} CPUs and ${vm.memoryMiB} MiB; replacing VM ${vm.name}`;
+    options.report(reason);
     await deleteVm(vm, options.signal);
   }
   await rm(vm.recordFile, { force: true });
@@ -114,7 +120,11 @@ export async function prepareVm(
   }
   await writeFileAtomic(
     vm.recordFile,
-    JSON.stringify({ name: vm.name, image: vm.builder.definition.image, builderSha256: vm.builder.sha256 } satisfies VmRecord, null, 2) + '\n',
+    JSON.stringify(
+      { name: vm.name, image: vm.builder.definition.image, builderSha256: vm.builder.sha256, cpus: vm.cpus, memoryMiB: vm.memoryMiB } satisfies VmRecord,
+      null,
+      2,
+    ) + '\n',
   );
   return { executor, reused: false };
 }

@@ -48,7 +48,7 @@ class Random {
     return this.state;
   }
 
-  /** An integer in [0, limit). */
+  /** Returns an integer in [0, limit). */
   below(limit: number): number {
     return Math.floor((this.next() / 0x1_0000_0000) * limit);
   }
@@ -77,7 +77,7 @@ const BASE_PROGRAM_HEADERS = 5;
 
 type FieldSize = 1 | 2 | 4 | 8;
 
-/** A value likely to hit a boundary in the reader or the layout, derived from the field's value. */
+/** Returns a value likely to hit a boundary in the reader or the layout, often derived from the field's value. */
 function interestingValue(random: Random, original: bigint, size: FieldSize): bigint {
   const bits = BigInt(size * 8);
   switch (random.below(10)) {
@@ -144,7 +144,8 @@ function mutate(elf: Uint8Array, random: Random): Uint8Array {
 function checkBundle(bundle: KernelBundle, input: Uint8Array, label: string): void {
   const size = bundle.bytes.byteLength;
   assert.equal(size % KIB64, 0, `${label}: bundle length ${size} is not a multiple of 64 KiB`);
-  assert.ok(size > 0 && size <= MAX_BUNDLE_SIZE, `${label}: bundle length ${size} is outside (0, ${MAX_BUNDLE_SIZE}]`);
+  assert.ok(size > 0, `${label}: bundle is empty`);
+  assert.ok(size <= MAX_BUNDLE_SIZE, `${label}: bundle length ${size} is above ${MAX_BUNDLE_SIZE}`);
   assert.equal(bundle.loadAddress % 0x1000n, 0n, `${label}: load address 0x${bundle.loadAddress.toString(16)} is not page-aligned`);
 
   const { fileOffset, size: firstSize } = bundle.firstSegment;

@@ -84,7 +84,8 @@ describe('dist from the shared x86_64 build', () => {
   test('dist archives are reproducible', async () => {
     const first = await runDist(['--output-dir', outputDirectory, '--archive-dir', join(directory, 'first'), '--sources']);
     const second = await runDist(['--output-dir', outputDirectory, '--archive-dir', join(directory, 'second'), '--sources']);
-    assert.ok(first.sources && second.sources);
+    assert.ok(first.sources, 'first run wrote no source archive');
+    assert.ok(second.sources, 'second run wrote no source archive');
     assert.ok((await readFile(first.prebuilt.path)).equals(await readFile(second.prebuilt.path)), 'prebuilt archives differ');
     assert.ok((await readFile(first.sources.path)).equals(await readFile(second.sources.path)), 'source archives differ');
 

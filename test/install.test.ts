@@ -83,7 +83,7 @@ async function assertLoadable(library: string, build: FixtureBuild, workDirector
   assert.doesNotMatch(report, /FAIL/);
 }
 
-/** Every path under a directory with what it is: a file's SHA-256, a symlink's target, or "directory". */
+/** Maps every path under a directory to what it is: a file's SHA-256, a symlink's target, or "directory". */
 async function snapshot(directory: string): Promise<Record<string, string>> {
   const result: Record<string, string> = {};
   const entries = await readdir(directory, { recursive: true }).catch(() => [] as string[]);
@@ -103,7 +103,7 @@ describe('install and uninstall', () => {
 
   before(async () => {
     directory = await mkdtemp(join(tmpdir(), 'krunfw-install-'));
-    // Readable by every user, for the test that runs as nobody.
+    // Readable by every user, for the test that runs as the unprivileged user nobody (uid 65534).
     await chmod(directory, 0o755);
     linuxBuild = await makeBuildOutput(join(directory, 'build-a'), 'linux', 'kernel A ');
     linuxBuildB = await makeBuildOutput(join(directory, 'build-b'), 'linux', 'kernel B, a newer one ');
@@ -270,7 +270,7 @@ describe('install and uninstall', () => {
   test('install into unwritable prefix fails with hint', async () => {
     const prefix = join(directory, 'read-only');
     await mkdir(prefix, { mode: 0o755 });
-    // Root may write anywhere, so the command runs as nobody; any other user gets a read-only prefix.
+    // Root may write anywhere, so as root the command runs as uid 65534 (nobody). Any other user gets a read-only prefix.
     const asRoot = process.getuid?.() === 0;
     if (!asRoot) await chmod(prefix, 0o555);
     const argv = [process.execPath, CLI, 'install', '--output-dir', linuxBuild.directory, '--prefix', prefix, '--libdir', 'lib'];

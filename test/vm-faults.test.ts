@@ -284,6 +284,39 @@ describe('builder VM faults', () => {
     assert.equal(plan.vm.builder.name, 'fedora');
   });
 
+  test('kept VM replaced when size changes', async () => {
+    const work = await newWorkDirectory();
+    const builder = await newFakeBuilder({ target: 'copy' });
+    const first = await runCli(fakeBuildArguments(work, builder, tarball, ['--keep-vm']), { env: harness.env, timeoutMs: BUILD_TIMEOUT_MS });
+    assert.equal(first.exitCode, 0, output(first));
+    const skip = (await readKrunvmCalls(harness.bin.stateDirectory)).length;
+
+    const resized = await runCli(fakeBuildArguments(work, builder, tarball, ['--keep-vm'], { cpus: 2, memoryMiB: 3072 }), {
+      env: harness.env,
+      timeoutMs: BUILD_TIMEOUT_MS,
+    });
+
+    assert.equal(resized.exitCode, 0, output(resized));
+    assert.match(output(resized), new RegExp(`VM size changed to 2 CPUs and 3072 MiB; replacing VM ${vmNameFor(work)}`));
+    const creates = (await callsSince(harness.bin, skip)).filter((call) => call[0] === 'create');
+    assert.equal(creates.length, 1);
+    assert.equal(creates[0]![creates[0]!.indexOf('--mem') + 1], '3072');
+    await execa('krunvm', ['delete', vmNameFor(work)], { env: harness.env, stdin: 'ignore' });
+  });
+
+  test('kept VM replaced without --keep-vm, with a hint', async () => {
+    const work = await newWorkDirectory();
+    const builder = await newFakeBuilder({ target: 'copy' });
+    const kept = await runCli(fakeBuildArguments(work, builder, tarball, ['--keep-vm']), { env: harness.env, timeoutMs: BUILD_TIMEOUT_MS });
+    assert.equal(kept.exitCode, 0, output(kept));
+
+    const result = await runCli(fakeBuildArguments(work, builder, tarball), { env: harness.env, timeoutMs: BUILD_TIMEOUT_MS });
+
+    assert.equal(result.exitCode, 0, output(result));
+    assert.match(output(result), new RegExp(`Replacing VM ${vmNameFor(work)}, kept by an earlier build \\(pass --keep-vm to reuse it\\)`));
+    assert.deepEqual(await listVmNames(harness.env), []);
+  });
+
   test('guest commands get argv without quoting', async () => {
     // The stand-in provision command receives the whole script as one argument; this checks it arrived intact.
     const work = await newWorkDirectory();

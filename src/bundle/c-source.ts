@@ -280,18 +280,18 @@ function writeEscapes(data: Uint8Array, start: number, end: number, view: DataVi
   for (let i = start; i < end; i++) {
     const byte = data[i];
     const index = byte | ((octalEscape[byte] & OCTAL_DIGIT[data[i + 1]]) << 8);
-    // Storing the whole word is one write whatever the escape's length. It stays inside
-    // the worst-case buffer, and the unused characters are overwritten next.
+    // Storing the whole word is one write whatever the escape's length. It stays inside the
+    // worst-case buffer, and the next write or the final trim removes the surplus characters.
     view.setUint32(position, escapeWords[index], true);
     position += escapeLengths[index];
   }
   return position;
 }
 
-function checkBundleSize(bytes: Uint8Array, what: string): void {
+function checkBundleSize(bytes: Uint8Array, bundleName: string): void {
   if (bytes.byteLength === 0 || bytes.byteLength % BUNDLE_ALIGNMENT !== 0) {
     throw new RangeError(
-      `The ${what} bundle must be a non-empty multiple of ${BUNDLE_ALIGNMENT} bytes, not ${bytes.byteLength}. Lay it out with bundleElfKernel or bundleRaw.`,
+      `The ${bundleName} bundle must be a non-empty multiple of ${BUNDLE_ALIGNMENT} bytes, not ${bytes.byteLength}. Lay it out with bundleElfKernel or bundleRaw.`,
     );
   }
 }

@@ -92,10 +92,12 @@ export function installCommand(yargs: Argv): Argv {
           return;
         }
         process.stderr.write(`Installed ${library} and ${built.names.links.map(([link]) => link).join(', ')}\n`);
-        // The loaders search /usr/lib and /usr/local/lib by default, and other prefixes need the variable.
+        // glibc searches /usr/lib and /usr/lib64 and dyld falls back to /usr/local/lib, but whether
+        // /usr/local/lib* is searched on Linux depends on the distribution's ld.so.conf.
         const prefix = resolve(argv.prefix);
-        if (plan.root === prefix && prefix !== '/usr' && prefix !== '/usr/local') {
-          process.stderr.write(`To let libkrun find it: export ${libraryPathVariable(built.os)}=${join(prefix, libdir)}\n`);
+        const searchedByDefault = prefix === '/usr' || (built.os === 'darwin' && prefix === '/usr/local');
+        if (plan.root === prefix && !searchedByDefault) {
+          process.stderr.write(`If libkrun cannot find it: export ${libraryPathVariable(built.os)}=${join(prefix, libdir)}\n`);
         }
       });
     },

@@ -188,7 +188,13 @@ export async function writeFakeKernelTarball(directory: string): Promise<string>
 }
 
 /** Returns the arguments of a VM build that uses a fake-make builder file and a fake kernel tarball. */
-export function fakeBuildArguments(workDirectory: string, builderFile: string, tarball: string, extra: string[] = []): string[] {
+export function fakeBuildArguments(
+  workDirectory: string,
+  builderFile: string,
+  tarball: string,
+  extra: string[] = [],
+  size: { cpus: number; memoryMiB: number } = { cpus: 2, memoryMiB: 2048 },
+): string[] {
   return [
     'build',
     '--vm',
@@ -197,8 +203,8 @@ export function fakeBuildArguments(workDirectory: string, builderFile: string, t
     '--no-patches',
     '--config-dir', join(REPOSITORY, 'test', 'fixtures', 'small-config'),
     '--work-dir', workDirectory,
-    '--cpus', '2',
-    '--mem', '2048',
+    '--cpus', String(size.cpus),
+    '--mem', String(size.memoryMiB),
     ...extra,
   ];
 }
