@@ -23,12 +23,12 @@ export interface VmPlan {
   logFile: string;
 }
 
-/** What was recorded after a VM was provisioned. */
+/** The record written after a VM is provisioned, read to decide whether a kept VM can be reused. */
 interface VmRecord {
   name: string;
   image: string;
   builderSha256: string;
-  /** The size given to krunvm create, which a later start cannot change. */
+  /** The size given to krunvm create. A kept VM of another size is replaced, not resized. */
   cpus: number;
   memoryMiB: number;
 }

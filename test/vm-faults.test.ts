@@ -85,6 +85,21 @@ describe('builder VM faults', () => {
     assert.deepEqual(await libraryFiles(work), ['libkrunfw.so', 'libkrunfw.so.5', 'libkrunfw.so.5.0.0']);
   });
 
+  test('undeletable leftover VM explained', async () => {
+    const work = await newWorkDirectory();
+    const name = vmNameFor(work);
+    await execa('krunvm', ['create', '--name', name, DEBIAN_IMAGE], { env: harness.env, stdin: 'ignore' });
+    const builder = await newFakeBuilder({ target: 'copy' });
+    const env = { ...harness.env, KRUNVM_DOUBLE_DELETE_CONTAINER_GONE: name };
+
+    const result = await runCli(fakeBuildArguments(work, builder, tarball), { env, timeoutMs: BUILD_TIMEOUT_MS });
+
+    assert.equal(result.exitCode, 1);
+    assert.match(result.stderr, new RegExp(`error: krunvm cannot delete VM ${name}: its buildah container is gone`));
+    assert.match(result.stderr, /hint: .*build in another work directory/);
+    await execa('krunvm', ['delete', name], { env: harness.env, stdin: 'ignore' });
+  });
+
   test('create failure names krunvm create and its output', async () => {
     const work = await newWorkDirectory();
     const builder = await newFakeBuilder({ target: 'copy' });
