@@ -226,14 +226,18 @@ export async function planInstall(request: InstallRequest): Promise<InstallPlan>
     throw new KrunfwError(`Library not found: ${source}`, { hint: 'Run krunfw-mac build first, or pass the build\'s --output-dir.' });
   }
 
-  const files: InstallAction[] = [
+  const files: Array<Extract<InstallAction, { kind: 'file' }>> = [
     { kind: 'file', path: join(libraryDirectory, request.names.fileName), source, mode: 0o755, sha256: await sha256File(source) },
   ];
   for (const extra of request.extraFiles ?? []) {
     checkRelativePath(extra.path, 'install path');
     files.push({ kind: 'file', path: join(root, extra.path), source: extra.source, mode: 0o644, sha256: await sha256File(extra.source) });
   }
-  const symlinks: InstallAction[] = request.names.links.map(([link, target]) => ({ kind: 'symlink', path: join(libraryDirectory, link), target }));
+  const symlinks: Array<Extract<InstallAction, { kind: 'symlink' }>> = request.names.links.map(([link, target]) => ({
+    kind: 'symlink',
+    path: join(libraryDirectory, link),
+    target,
+  }));
 
   const keepRecord = request.keepRecord ?? true;
   const recordPath = keepRecord ? recordPathFor(root, request.variant) : undefined;
@@ -251,8 +255,8 @@ export async function planInstall(request: InstallRequest): Promise<InstallPlan>
     record = {
       format: 1,
       tool: `krunfw-mac ${toolVersion()}`,
-      files: files.map((action) => ({ path: relativeTo(action.path), sha256: (action as { sha256: string }).sha256 })),
-      symlinks: symlinks.map((action) => ({ path: relativeTo(action.path), target: (action as { target: string }).target })),
+      files: files.map((action) => ({ path: relativeTo(action.path), sha256: action.sha256 })),
+      symlinks: symlinks.map((action) => ({ path: relativeTo(action.path), target: action.target })),
       directories: directories.filter((action) => insidePrefix(action.path)).map((action) => relativeTo(action.path)),
     };
     const previous = await readRecord(recordPath);

@@ -34,7 +34,7 @@ function archiveTime(env: NodeJS.ProcessEnv): number {
 export function distCommand(yargs: Argv): Argv {
   return yargs.command<DistArguments>(
     'dist',
-    'Write libkrunfw-prebuilt-ARCH.tar.gz from a finished build (and with --sources the GPL source archive)',
+    'Pack a build as libkrunfw-prebuilt-ARCH.tar.gz (with --sources, its GPL source too)',
     (command) =>
       withBuildOutputOptions(command)
         .option('archive-dir', { type: 'string', default: '.', description: 'Directory the archives are written to' })

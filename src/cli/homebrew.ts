@@ -19,7 +19,7 @@ interface HomebrewArguments extends GlobalOptions {
 export function homebrewCommand(yargs: Argv): Argv {
   return yargs.command<HomebrewArguments>(
     'homebrew',
-    'A formula\'s install step: check an unpacked prebuilt archive, compile it with CC, self-test and install it',
+    'Check, compile with CC, self-test and install an unpacked prebuilt archive',
     (command) =>
       command
         .option('prefix', { type: 'string', demandOption: true, description: 'Where to install: the formula\'s prefix' })

@@ -18,7 +18,7 @@ export function withBuildOutputOptions<T>(command: Argv<T>): Argv<T> {
   return command
     .option('work-dir', { type: 'string', description: 'Work directory of the build [default: current directory]' })
     .option('arch', { type: 'string', choices: ['x86_64', 'aarch64'], description: 'Guest architecture of the build [default: the host\'s]' })
-    .option('output-dir', { type: 'string', description: 'The build\'s output directory, holding provenance.json [default: WORK_DIR/out/ARCH]' }) as Argv<T>;
+    .option('output-dir', { type: 'string', description: 'The build\'s output directory, with provenance.json [default: WORK_DIR/out/ARCH]' }) as Argv<T>;
 }
 
 /** Returns the output directory of the build that the options name. */
@@ -55,12 +55,12 @@ interface InstallArguments extends GlobalOptions, BuildOutputArguments {
 export function installCommand(yargs: Argv): Argv {
   return yargs.command<InstallArguments>(
     'install',
-    'Install the built library and its symlinks into a prefix, each file renamed into place only when complete',
+    'Install the built library and its symlinks into a prefix',
     (command) =>
       withBuildOutputOptions(command)
         .option('prefix', { type: 'string', default: '/usr/local', description: 'Installation prefix' })
         .option('destdir', { type: 'string', description: 'Staging directory the prefix is placed under [env: DESTDIR]' })
-        .option('libdir', { type: 'string', description: 'Library directory under the prefix [default: lib on macOS; lib64 or lib on Linux, as the distribution uses]' })
+        .option('libdir', { type: 'string', description: 'Library directory under the prefix [default: lib, or lib64 where the distribution uses it]' })
         .option('dry-run', { type: 'boolean', default: false, description: 'Print what would change and change nothing' }),
     async (argv) => {
       await runCommand(argv, async (signal) => {

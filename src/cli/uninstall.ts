@@ -15,7 +15,7 @@ interface UninstallArguments extends GlobalOptions {
 export function uninstallCommand(yargs: Argv): Argv {
   return yargs.command<UninstallArguments>(
     'uninstall',
-    'Remove what krunfw-mac install put into a prefix, as its install record lists it',
+    'Remove what krunfw-mac install put into a prefix',
     (command) =>
       command
         .option('prefix', { type: 'string', default: '/usr/local', description: 'Installation prefix' })
