@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: LGPL-2.1-only
-import { readFile, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import type { LoadedBuilder } from './builders/definition.js';
 import { KrunfwError } from './errors.js';
 import { GUEST_WORK_DIRECTORY } from './exec/guest-site.js';
@@ -111,6 +111,8 @@ export async function prepareVm(
     vm.builder.definition.image,
   ];
   options.report(`Creating VM ${vm.name} from ${vm.builder.definition.image}`);
+  // krunvm rejects a volume whose host path does not exist, and a download build has not written to the work directory yet.
+  await mkdir(workDirectory, { recursive: true });
   const created = await runKrunvm(vm.krunvm, createArgs, { signal: options.signal, logFile: vm.logFile });
   if (created.exitCode !== 0) throw krunvmFailure(createArgs, created, vm.name, vm.logFile);
 

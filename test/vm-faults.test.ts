@@ -11,8 +11,10 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
 import which from 'which';
+import { sha256 } from '../src/hash.js';
 import { vmNameFor } from '../src/vm.js';
 import { CLI, runCli } from './support/cli.js';
+import { sendBytes, startHttpServer } from './support/http-server.js';
 import { findMountsUnder, readKrunvmCalls } from './support/krunvm-double.js';
 import {
   DEBIAN_IMAGE,
@@ -22,6 +24,7 @@ import {
   guestArgv,
   listVmNames,
   makeVmHarness,
+  processesRootedUnder,
   writeFakeKernelTarball,
   writeFakeMakeBuilder,
 } from './support/vm-harness.js';
@@ -184,6 +187,7 @@ describe('builder VM faults', () => {
     void child.finally(() => (exited = true));
     while (!existsSync(marker) && !exited) await new Promise((resolve) => setTimeout(resolve, 200));
     assert.ok(existsSync(marker), 'the stand-in make started before the build ended');
+    assert.notDeepEqual(await processesRootedUnder(harness.bin.stateDirectory), [], 'the guest make is running');
 
     child.kill('SIGINT');
     const result = await child;
@@ -193,8 +197,7 @@ describe('builder VM faults', () => {
     assert.deepEqual(await listVmNames(harness.env), []);
     assert.deepEqual(await libraryFiles(work), []);
     assert.deepEqual(await findMountsUnder(harness.bin.stateDirectory), []);
-    const sleepers = await execa('pgrep', ['-f', '-x', 'sleep 3600'], { reject: false });
-    assert.equal(sleepers.stdout, '', 'the guest make is gone');
+    assert.deepEqual(await processesRootedUnder(harness.bin.stateDirectory), [], 'no guest process is left');
   });
 
   test('invalid builder plugin names file, field, expectation', async () => {
@@ -330,6 +333,30 @@ describe('builder VM faults', () => {
     assert.equal(result.exitCode, 0, output(result));
     assert.match(output(result), new RegExp(`Replacing VM ${vmNameFor(work)}, kept by an earlier build \\(pass --keep-vm to reuse it\\)`));
     assert.deepEqual(await listVmNames(harness.env), []);
+  });
+
+  test('download build into a new work directory', async () => {
+    // Nothing exists at the work directory yet: doctor, the download and krunvm create must all cope.
+    const work = join(harness.root, 'not-yet', 'work');
+    const builder = await newFakeBuilder({ target: 'copy' });
+    const server = await startHttpServer();
+    try {
+      const bytes = await readFile(tarball);
+      server.route('/v6.x/linux-6.1.0.tar.xz', sendBytes(bytes));
+      const download = ['--kernel-version', '6.1.0', '--mirror', server.baseUrl, '--kernel-sha256', sha256(bytes)];
+
+      const result = await runCli(fakeBuildArguments(work, builder, download), {
+        env: harness.env,
+        timeoutMs: BUILD_TIMEOUT_MS,
+      });
+
+      assert.equal(result.exitCode, 0, output(result));
+      assert.equal(server.requestCount('/v6.x/linux-6.1.0.tar.xz'), 1);
+      assert.ok(existsSync(join(work, '.krunfw', 'inputs', 'linux-6.1.0.tar.xz')), 'the downloaded tarball was staged for the guest');
+      assert.deepEqual(await libraryFiles(work), ['libkrunfw.so', 'libkrunfw.so.5', 'libkrunfw.so.5.0.0']);
+    } finally {
+      await server.close();
+    }
   });
 
   test('guest commands get argv without quoting', async () => {

@@ -5,7 +5,7 @@
  * private cache and config directories. The stand-in builder's `make` only
  * pretends to build a kernel, so that VM faults can be tested in seconds.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -84,6 +84,21 @@ export async function listVmNames(env: NodeJS.ProcessEnv): Promise<string[]> {
     .split('\n')
     .filter((line) => /^\S/.test(line) && line.trim() !== 'No microVMs found')
     .map((line) => line.trim());
+}
+
+/**
+ * Returns the ids of processes whose root directory is at or below
+ * `directory`: guest processes of the double's VMs, which run chrooted into
+ * the VM's root file system under the double's state directory.
+ */
+export async function processesRootedUnder(directory: string): Promise<number[]> {
+  const found: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const root = await readlink(join('/proc', entry, 'root')).catch(() => undefined);
+    if (root !== undefined && (root === directory || root.startsWith(`${directory}/`))) found.push(Number(entry));
+  }
+  return found;
 }
 
 /** Returns the guest argv of a `krunvm start` call made by KrunvmExecutor, or undefined for any other call. */
@@ -187,11 +202,14 @@ export async function writeFakeKernelTarball(directory: string): Promise<string>
   return tarball;
 }
 
-/** Returns the arguments of a VM build that uses a fake-make builder file and a fake kernel tarball. */
+/**
+ * Returns the arguments of a VM build that uses a fake-make builder file.
+ * A string `kernelSource` is a tarball path; an array is the source options as they are.
+ */
 export function fakeBuildArguments(
   workDirectory: string,
   builderFile: string,
-  tarball: string,
+  kernelSource: string | string[],
   extra: string[] = [],
   size: { cpus: number; memoryMiB: number } = { cpus: 2, memoryMiB: 2048 },
 ): string[] {
@@ -199,7 +217,7 @@ export function fakeBuildArguments(
     'build',
     '--vm',
     '--builder-file', builderFile,
-    '--kernel-tarball', tarball,
+    ...(typeof kernelSource === 'string' ? ['--kernel-tarball', kernelSource] : kernelSource),
     '--no-patches',
     '--config-dir', join(REPOSITORY, 'test', 'fixtures', 'small-config'),
     '--work-dir', workDirectory,
