@@ -45,7 +45,7 @@ export interface DistResult {
 }
 
 /** A file in an archive, relative to its top-level directory. */
-interface ArchiveFile {
+export interface ArchiveFile {
   path: string;
   source: { file: string } | { data: Uint8Array };
   executable?: boolean;
