@@ -569,7 +569,7 @@ export async function runBuild(plan: Plan, options: PipelineOptions): Promise<Bu
 
   const tasks: ListrTask<BuildContext>[] = [
     {
-      title: 'Check host tools',
+      title: plan.sev ? 'Check SEV firmware, initrd and host tools' : 'Check host tools',
       task: async () => {
         if (plan.sev) {
           await checkQboot(plan.sev.qboot);

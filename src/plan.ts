@@ -201,8 +201,8 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   }
 
   const maxCpus = request.maxCpus;
-  if (maxCpus !== undefined && (!Number.isInteger(maxCpus) || maxCpus < 2)) {
-    throw new KrunfwError(`Invalid --max-cpus value: ${request.maxCpus}`, { hint: 'NR_CPUS must be a whole number of at least 2.' });
+  if (maxCpus !== undefined && (!Number.isInteger(maxCpus) || maxCpus < 2 || maxCpus > 8192)) {
+    throw new KrunfwError(`Invalid --max-cpus value: ${request.maxCpus}`, { hint: 'NR_CPUS must be a whole number from 2 to 8192 (the kernel\'s largest limit).' });
   }
   const jobs = request.jobs ?? host.cpus;
   if (!Number.isInteger(jobs) || jobs < 1) {
@@ -216,7 +216,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   const workDirectory = resolve(request.workDirectory ?? process.cwd());
   let kernelSource: KernelSourcePlan;
   if (request.kernelTarball !== undefined) {
-    kernelSource = { kind: 'tarball', path: resolve(workDirectory, request.kernelTarball), expectedSha256 };
+    kernelSource = { kind: 'tarball', path: resolve(request.kernelTarball), expectedSha256 };
   } else {
     const version = request.kernelVersion ?? request.sourceTree?.kernelVersion ?? DEFAULT_KERNEL_VERSION;
     if (!KERNEL_VERSION_PATTERN.test(version)) {
@@ -238,7 +238,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
         hint: 'libkrun boots SEV guests through qboot (a 64 KiB firmware image) with an initrd (a gzip-compressed cpio archive); pass both files.',
       });
     }
-    sev = { qboot: resolve(workDirectory, qboot), initrd: resolve(workDirectory, initrd) };
+    sev = { qboot: resolve(qboot), initrd: resolve(initrd) };
   }
   const patchDirectories: Plan['patchDirectories'] = [];
   const tree = request.sourceTree;
@@ -250,13 +250,13 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
   if (request.patches !== false) {
     const generic = request.patches ?? (tree ? tree.patchDirectory : join(root, 'patches'));
     const sevSeries = request.sevPatches ?? (tree ? tree.teePatchDirectory : join(root, 'patches', 'sev'));
-    if (generic) patchDirectories.push({ label: '', path: resolve(workDirectory, generic) });
-    if (variant === 'sev' && sevSeries) patchDirectories.push({ label: 'sev/', path: resolve(workDirectory, sevSeries) });
+    if (generic) patchDirectories.push({ label: '', path: resolve(generic) });
+    if (variant === 'sev' && sevSeries) patchDirectories.push({ label: 'sev/', path: resolve(sevSeries) });
   }
   const configFragments = tree ? [] : [
-    ...fragmentPaths(resolve(workDirectory, request.configDirectory ?? join(root, 'config-generic')), arch),
+    ...fragmentPaths(resolve(request.configDirectory ?? join(root, 'config-generic')), arch),
     ...(variant === 'sev' ? [join(root, 'config-sev', `${arch}.config`)] : []),
-    ...(request.configFragments ?? []).map((fragment) => resolve(workDirectory, fragment)),
+    ...(request.configFragments ?? []).map((fragment) => resolve(fragment)),
   ];
 
   const workDirectoryForVm = workDirectory;
@@ -323,7 +323,7 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
       stateDirectory,
       tree: join(stateDirectory, 'tree'),
       logs: join(stateDirectory, 'logs'),
-      outputDirectory: resolve(workDirectory, request.outputDirectory ?? join('out', variant === 'sev' ? `${arch}-sev` : arch)),
+      outputDirectory: request.outputDirectory ? resolve(request.outputDirectory) : join(workDirectory, 'out', variant === 'sev' ? `${arch}-sev` : arch),
     },
   };
 }

@@ -13,6 +13,15 @@ import { installCommand } from './install.js';
 import { linkCommand } from './link.js';
 import { uninstallCommand } from './uninstall.js';
 
+/** Options (and positionals) that take several values; every other option keeps the last one given. */
+const ARRAY_OPTIONS = new Set(['_', 'config', 'sources']);
+
+function keepLastValues(argv: Record<string, unknown>): void {
+  for (const [key, value] of Object.entries(argv)) {
+    if (Array.isArray(value) && !ARRAY_OPTIONS.has(key)) argv[key] = value[value.length - 1];
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
   let cli: Argv = yargs(hideBin(argv))
     .scriptName('krunfw-mac')
@@ -21,6 +30,9 @@ export async function main(argv: string[]): Promise<void> {
     .option('json', { type: 'boolean', default: false, description: 'Print one machine-readable result on stdout' })
     .version(toolVersion())
     .strict()
+    // A repeated single-value option keeps its last value, as in most command-line tools; array options still collect.
+    .middleware(keepLastValues, true)
+    .showHelpOnFail(false, 'Run the command with --help for its options.')
     .demandCommand(1, 'Name a command; see --help.')
     .recommendCommands()
     .wrap(Math.min(110, process.stdout.columns || 110))
