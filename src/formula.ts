@@ -24,6 +24,11 @@ function rubyString(value: string): string {
 }
 
 /** Reads a version such as 4.10.0 from the last path segment that contains one, like `v4.10.0/` or `-4.10.0.tar.gz`. */
+/** Returns the arch a prebuilt archive's URL names (libkrunfw-prebuilt-ARCH.tar.gz), if it names one. */
+export function archFromUrl(url: string): string | undefined {
+  return /libkrunfw(?:-sev)?-prebuilt-([A-Za-z0-9_]+)\.tar\.gz$/.exec(new URL(url).pathname)?.[1];
+}
+
 export function versionFromUrl(url: string): string | undefined {
   for (const segment of new URL(url).pathname.split('/').reverse()) {
     const match = /(?:^|[-_v])(\d+(?:\.\d+)+)(?!\d)/.exec(segment);
@@ -44,13 +49,6 @@ function checkRequest(request: FormulaRequest): { version: string; versionLine: 
   }
   if (!/^[0-9a-f]{64}$/.test(request.sha256)) {
     throw new KrunfwError(`Invalid --sha256 value: ${request.sha256}`, { hint: 'Pass the archive\'s SHA-256 as 64 lowercase hexadecimal digits, as krunfw-mac dist --json prints it.' });
-  }
-  // The formula installs on Apple Silicon only, so an archive named for another arch is a mistake.
-  const archName = /libkrunfw(?:-sev)?-prebuilt-([A-Za-z0-9_]+)\.tar\.gz$/.exec(new URL(request.url).pathname)?.[1];
-  if (archName !== undefined && archName !== 'aarch64') {
-    throw new KrunfwError(`The URL names a prebuilt archive for ${archName}, but the formula is for Apple Silicon (aarch64) Macs: ${request.url}`, {
-      hint: 'Build and dist with --arch aarch64, and pass the URL of libkrunfw-prebuilt-aarch64.tar.gz.',
-    });
   }
   const scanned = versionFromUrl(request.url);
   const version = request.version ?? scanned;

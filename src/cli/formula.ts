@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import type { Argv } from 'yargs';
-import { DEFAULT_HOMEPAGE, renderFormula } from '../formula.js';
+import { DEFAULT_HOMEPAGE, archFromUrl, renderFormula } from '../formula.js';
 import { type GlobalOptions, printJson, runCommand } from './output.js';
 
 interface FormulaArguments extends GlobalOptions {
@@ -24,6 +24,11 @@ export function formulaCommand(yargs: Argv): Argv {
         .option('homepage', { type: 'string', description: `Homepage shown by brew info [default: ${DEFAULT_HOMEPAGE}]` }),
     async (argv) => {
       await runCommand(argv, async () => {
+        const arch = archFromUrl(argv.url);
+        if (arch !== undefined && arch !== 'aarch64') {
+          // Not an error: packagers try the formula's steps on other machines before publishing.
+          process.stderr.write(`warning: the URL names a prebuilt archive for ${arch}, but the formula installs only on Apple Silicon (aarch64) Macs\n`);
+        }
         const formula = renderFormula({ url: argv.url, sha256: argv.sha256.toLowerCase(), version: argv.version, homepage: argv.homepage });
         if (argv.json) printJson({ formula });
         else process.stdout.write(formula);
