@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: LGPL-2.1-only
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { basename, join, sep } from 'node:path';
-import { type ListrTask, type ListrTaskWrapper, Listr, PRESET_TIMER, ProcessOutput } from 'listr2';
+import { type ListrTask, type ListrTaskWrapper, Listr, ListrLogger, PRESET_TIMER, ProcessOutput } from 'listr2';
 import { bundleElfKernel, bundleRaw } from './bundle/layout.js';
 import { renderBlobSource, renderKernelSource } from './bundle/c-source.js';
 import { KrunfwError } from './errors.js';
@@ -624,23 +624,25 @@ export async function runBuild(plan: Plan, options: PipelineOptions): Promise<Bu
     },
   });
 
+  // Progress goes to stderr, so that stdout carries only results (the --json document).
+  const processOutput = new ProcessOutput(process.stderr, process.stderr);
   const listr = new Listr<BuildContext>(tasks, {
     ctx: context,
     exitOnError: true,
     registerSignalListeners: false,
     renderer: 'default',
-    rendererOptions: { timer: PRESET_TIMER },
+    rendererOptions: { timer: PRESET_TIMER, logger: new ListrLogger({ useIcons: true, processOutput }) },
     // Without a terminal, or with --verbose, print lines instead of redrawing.
     fallbackRenderer: options.verbose ? 'verbose' : 'simple',
-    fallbackRendererOptions: { timer: PRESET_TIMER },
+    fallbackRendererOptions: { timer: PRESET_TIMER, logger: new ListrLogger({ useIcons: true, processOutput }) },
     fallbackRendererCondition: options.verbose || !process.stderr.isTTY,
     silentRendererCondition: options.quiet,
-    processOutput: new ProcessOutput(process.stderr, process.stderr),
   } as ConstructorParameters<typeof Listr<BuildContext>>[1]);
   try {
     await listr.run(context);
   } finally {
     if (vm && vmCreated && !vm.keep) {
+      if (!options.quiet) process.stderr.write(`Deleting VM ${vm.name}...\n`);
       // Not tied to the abort signal: the VM is deleted after Ctrl-C too.
       await deleteVm(vm).catch((error: unknown) => {
         context.warnings.push(`Could not delete VM ${vm.name}: ${error instanceof Error ? error.message : String(error)}`);
