@@ -8,11 +8,10 @@ import type { LoadedBuilder } from './builders/definition.js';
 import type { SourceRevision, SourceTree } from './source-tree.js';
 import { fragmentPaths } from './stages/config.js';
 import { type VmPlan, checkMappablePath, vmNameFor } from './vm.js';
-import { kernelTarballUrl } from './stages/download.js';
+import { DEFAULT_KERNEL_BASE_URL, kernelTarballUrl } from './stages/download.js';
 import { KERNEL_TARGETS } from './stages/kernel.js';
 import {
   ABI_VERSION,
-  DEFAULT_KERNEL_BASE_URL,
   DEFAULT_KERNEL_VERSION,
   LIBRARY_MINOR_VERSION,
   LIBRARY_PATCH_VERSION,

@@ -8,9 +8,6 @@ import { fileURLToPath } from 'node:url';
  */
 export const DEFAULT_KERNEL_VERSION = '6.12.44';
 
-/** Where kernel.org publishes releases; `--mirror` replaces it. */
-export const DEFAULT_KERNEL_BASE_URL = 'https://cdn.kernel.org/pub/linux/kernel';
-
 /**
  * The libkrunfw ABI: libkrun 1.17 and later dlopen `libkrunfw.so.5` and
  * `libkrunfw.5.dylib`. The number also encodes the guest-kernel protocol,
