@@ -81,6 +81,15 @@ describe('command line', () => {
     }
   });
 
+  test('json failure prints an error document', async () => {
+    const result = await runCli(['build', '--print-plan', '--json', '--max-cpus', '1']);
+    assert.equal(result.exitCode, 1);
+    const document = JSON.parse(result.stdout);
+    assert.equal(document.ok, false);
+    assert.match(document.error.message, /Invalid --max-cpus value: 1/);
+    assert.match(result.stderr, /^error: Invalid --max-cpus value: 1/m);
+  });
+
   test('unknown command fails with help', async () => {
     const result = await runCli(['frobnicate']);
     assert.notEqual(result.exitCode, 0);

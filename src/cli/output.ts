@@ -52,6 +52,14 @@ export async function runCommand(options: GlobalOptions, body: (signal: AbortSig
       return;
     }
     printError(error, options.verbose);
+    // A script that asked for --json gets a document on stdout for failures too.
+    if (options.json) {
+      printJson(
+        isKrunfwError(error)
+          ? { ok: false, error: { message: error.message, hint: error.hint, details: error.details } }
+          : { ok: false, error: { message: error instanceof Error ? error.message : String(error), internal: true } },
+      );
+    }
     process.exitCode = 1;
   } finally {
     process.off('SIGINT', onSignal);
