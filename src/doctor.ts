@@ -13,7 +13,7 @@ import { buildRequirements, findMissing, missingRequirementsError } from './pref
 export interface CheckResult {
   name: string;
   ok: boolean;
-  /** What was found, or what is wrong. */
+  /** The finding, or the problem. */
   detail: string;
   /** How to fix a failed check. */
   hint?: string;

@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
-/** A temporary name beside `path`, on the same file system so that rename is atomic. */
+/** Returns a temporary name beside `path`, on the same file system so that rename is atomic. */
 export function temporaryPathBeside(path: string): string {
   return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
 }

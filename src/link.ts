@@ -5,7 +5,7 @@ import type { Command } from './exec/executor.js';
 import { temporaryPathBeside, symlinkAtomic } from './files.js';
 import { type LibraryNames, type LibraryVersion, type TargetOs, formatLibraryVersion } from './library.js';
 
-/** What to link and how. */
+/** The sources, target and names of one link. */
 export interface LinkRequest {
   /** C sources: kernel.c, plus qboot.c and initrd.c for the SEV variant. */
   sources: string[];
@@ -21,7 +21,7 @@ export interface LinkRequest {
   crossTarget?: string;
 }
 
-/** The default install name of a dylib: where `krunfw-mac install` puts it. */
+/** Returns a dylib's default install name: where `krunfw-mac install` puts it. */
 export function defaultInstallName(names: LibraryNames): string {
   return `/usr/local/lib/${names.fileName}`;
 }

@@ -63,7 +63,7 @@ interface BuildContext {
   patches?: PatchFile[];
   kernelVersion?: string;
   treeStamp?: string;
-  config?: { path: string; sha256: string; stamp: string; maxCpus: number; fragments: Array<{ name: string; sha256: string }> };
+  config?: { path: string; sha256: string; maxCpus: number; fragments: Array<{ name: string; sha256: string }> };
   artifact?: { path: string; sha256: string };
   bundle?: BundleFacts;
   kernelSource?: { path: string; sha256: string };
@@ -362,7 +362,6 @@ async function configureKernel(plan: Plan, context: BuildContext, task: Task, op
   context.config = {
     path: hostConfig,
     sha256: outcome.outputs[configPath]!,
-    stamp: hashInputs(inputs),
     maxCpus: Number(requested.get('NR_CPUS')!.value),
     fragments,
   };

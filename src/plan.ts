@@ -128,7 +128,6 @@ export interface Plan {
     cacheDirectory: string;
     /** Build tree, stamps and logs for this arch and variant. */
     stateDirectory: string;
-    tree: string;
     logs: string;
     outputDirectory: string;
   };
@@ -320,7 +319,6 @@ export function resolvePlan(request: BuildRequest, host: Host, env: NodeJS.Proce
       workDirectory,
       cacheDirectory: defaultCacheDirectory(host, env),
       stateDirectory,
-      tree: join(stateDirectory, 'tree'),
       logs: join(stateDirectory, 'logs'),
       outputDirectory: request.outputDirectory ? resolve(request.outputDirectory) : join(workDirectory, 'out', variant === 'sev' ? `${arch}-sev` : arch),
     },

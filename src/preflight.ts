@@ -6,7 +6,7 @@ import type { Plan } from './plan.js';
 
 /** A host tool or header the build needs, with the packages that provide it. */
 export interface Requirement {
-  /** What the user sees: a program name or a header. */
+  /** The name shown to the user: a program or a header. */
   name: string;
   kind: 'program' | 'header';
   debian: string;
@@ -17,7 +17,7 @@ export interface Requirement {
 export function buildRequirements(plan: { cc: string[]; crossCompile?: string }): Requirement[] {
   const requirements: Requirement[] = [
     { name: 'make', kind: 'program', debian: 'make', fedora: 'make' },
-    // The kernel's HOSTCC is gcc, whatever CC says.
+    // The kernel's HOSTCC is gcc, whatever CC is set to.
     { name: 'gcc', kind: 'program', debian: 'gcc', fedora: 'gcc' },
     { name: 'flex', kind: 'program', debian: 'flex', fedora: 'flex' },
     { name: 'bison', kind: 'program', debian: 'bison', fedora: 'bison' },
@@ -73,7 +73,7 @@ export async function checkBuildHost(plan: Plan): Promise<void> {
   if (missing.length > 0) throw missingRequirementsError(missing);
 }
 
-/** A VM build needs only the host C compiler, for the link and the self-test. */
+/** Checks the host C compiler, the only host tool a VM build needs (for the link and the self-test). */
 export async function checkHostCompiler(plan: Plan): Promise<void> {
   const cc = plan.cc[0]!;
   const missing = await findMissing([{ name: cc, kind: 'program', debian: 'gcc', fedora: 'gcc' }], plan.cc);

@@ -2,7 +2,7 @@
 import { writeFileAtomic } from './files.js';
 
 /**
- * What went into a library, written beside kernel.c as provenance.json. It
+ * The inputs of a library, written beside kernel.c as provenance.json. It
  * has no timestamp: the same inputs give the same file. The kernel's own
  * build timestamp is fixed too, so the bundle hash is the build identifier.
  */

@@ -6,7 +6,7 @@ import { KrunfwError } from './errors.js';
 import type { GuestArch } from './host.js';
 import type { LibraryVersion, Variant } from './library.js';
 
-/** What krunfw-mac takes from a libkrunfw-style source tree. */
+/** The facts krunfw-mac reads from a libkrunfw-style source tree. */
 export interface SourceTree {
   directory: string;
   kernelVersion: string;

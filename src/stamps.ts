@@ -48,7 +48,7 @@ export interface StampedStage<Data> {
   outputFiles: string[];
   outputDirectories?: string[];
   run: () => Promise<Data>;
-  /** Where the outputs are checked and hashed; this host by default. */
+  /** The side that checks and hashes the outputs: this host by default, or a builder VM. */
   probe?: OutputProbe;
 }
 
@@ -96,9 +96,4 @@ export async function runStamped<Data>(stage: StampedStage<Data>): Promise<Stage
   }
   await writeFileAtomic(stage.stampFile, JSON.stringify({ inputs, outputs, data } satisfies StampRecord<Data>, null, 2) + '\n');
   return { skipped: false, data, outputs };
-}
-
-/** Forgets a stage's result, so that it and every stage fed by it run again. */
-export async function invalidateStamp(stampFile: string): Promise<void> {
-  await rm(stampFile, { force: true });
 }

@@ -19,7 +19,7 @@ import type { BuildJson } from './support/shared-build.js';
 
 const MARKER = 'KRUNFW-E2E-SEV-INITRD-RAN';
 
-/** A stand-in for qboot's bios.bin: the right size, and bytes a test can recognise. */
+/** Returns a stand-in for qboot's bios.bin: the right size, and bytes a test can recognise. */
 function testFirmware(size = 65536): Buffer {
   const firmware = Buffer.alloc(size);
   for (let index = 0; index < size; index++) firmware[index] = (index * 7 + 3) & 0xff;

@@ -15,7 +15,7 @@ import type { BuildJson } from './support/shared-build.js';
 
 const MAKEFILE = ['KERNEL_VERSION = linux-6.1.999', 'KERNEL_REMOTE = https://example.invalid/$(KERNEL_VERSION).tar.xz', '', 'ABI_VERSION = 5', 'FULL_VERSION = 5.7.1', ''].join('\n');
 
-/** A full config from the test kernel's own Kconfig: tinyconfig, which builds quickly, plus a few changes. */
+/** Makes a full config with the test kernel's own Kconfig: tinyconfig, which builds quickly, plus a few changes. */
 async function makeFullConfig(scratch: string): Promise<string> {
   const tree = join(scratch, 'kernel');
   await mkdir(tree, { recursive: true });

@@ -9,7 +9,7 @@ import { type LoadedBuilder, loadBuilderFile } from './definition.js';
 /** The builder used when neither --builder nor BUILDER names one. */
 export const DEFAULT_BUILDER = 'fedora';
 
-/** The per-user directory for builder plugins. */
+/** Returns the per-user directory for builder plugins. */
 export function userBuilderDirectory(env: NodeJS.ProcessEnv = process.env): string {
   if (process.platform === 'darwin') return join(os.homedir(), 'Library', 'Application Support', 'krunfw-mac', 'builders');
   return join(env.XDG_CONFIG_HOME || join(os.homedir(), '.config'), 'krunfw-mac', 'builders');

@@ -40,7 +40,8 @@ export function bundleCommand(yargs: Argv): Argv {
           throw new KrunfwError(`Kernel file not found: ${path}`, { cause: error });
         }
         const isElf = data.subarray(0, 4).equals(ELF_MAGIC);
-        const format = argv.format === 'auto' ? (isElf ? 'elf' : 'raw') : argv.format;
+        let format = argv.format;
+        if (format === 'auto') format = isElf ? 'elf' : 'raw';
         let address: bigint;
         try {
           address = BigInt(argv.loadAddress);

@@ -6,7 +6,7 @@ import { sha256File } from '../hash.js';
 import type { Command, Executor } from './executor.js';
 import { type BuildSite, insideWorkDirectory, stageIntoDirectory } from './site.js';
 
-/** Where the work directory appears inside the builder VM. krunvm maps only direct children of /. */
+/** Guest path of the work directory in the builder VM. krunvm maps only direct children of /. */
 export const GUEST_WORK_DIRECTORY = '/work';
 
 /**

@@ -67,7 +67,7 @@ function lastLines(text: string): string {
 
 /**
  * Runs krunvm with stdin closed, so a first-run prompt for the storage
- * volume gets end-of-file instead of waiting on a terminal nobody sees.
+ * volume gets end-of-file instead of waiting on a terminal that no user can see.
  */
 export async function runKrunvm(
   krunvm: string,
@@ -128,7 +128,7 @@ export function parseGuestOutput(output: string): { text: string; status: number
 /**
  * Runs commands inside a krunvm VM with `krunvm start`. Every guest argument
  * follows `--`, because krunvm rejects any argument starting with `-`
- * before it; `env -C` sets the working directory and environment, since
+ * before it. `env -C` sets the working directory and environment, because
  * `krunvm start` has no option for either.
  */
 export class KrunvmExecutor implements Executor {
@@ -145,7 +145,7 @@ export class KrunvmExecutor implements Executor {
     this.name = `krunvm VM ${vm}`;
   }
 
-  /** The krunvm arguments that run `command` in the VM. */
+  /** Returns the krunvm arguments that run `command` in the VM. */
   startArguments(command: Command): string[] {
     const environment = { ...this.guestEnv, ...command.env };
     return [

@@ -13,7 +13,7 @@ import { LocalExecutor } from './local.js';
  */
 export interface BuildSite {
   readonly executor: Executor;
-  /** Directory on the site that holds the kernel tree and temporary trees. */
+  /** Directory on the site that contains the kernel tree and temporary trees. */
   readonly buildDirectory: string;
   /** Makes a host file visible to the site and returns the site's path for it. */
   stageInput(hostPath: string): Promise<string>;

@@ -16,7 +16,7 @@ export interface SelfTestRequest {
   artifactLength: number;
   /** SEV blobs: symbol suffix and the file whose bytes it must return. */
   blobs?: Array<{ name: string; file: string }>;
-  /** Where the kernel bundle is written, when set. */
+  /** File that receives the whole kernel bundle, when set. */
   dumpKernel?: string;
   /** Directory for the compiled test program. */
   workDirectory: string;

@@ -8,7 +8,7 @@ import type { GuestArch } from '../host.js';
 /** A symbol's value as Kconfig writes it: 'y', 'm', 'n', a number or a quoted string. */
 export type ConfigValue = string;
 
-/** Where a fragment's value came from, for audit messages. */
+/** A fragment's value and its source file and line, for audit messages. */
 export interface ConfigSetting {
   value: ConfigValue;
   source: string;
@@ -63,7 +63,7 @@ export async function readFragments(paths: readonly string[]): Promise<ConfigSet
   return settings;
 }
 
-/** The shipped fragments for an arch, in the order they apply. */
+/** Returns the shipped fragments for an arch, in the order they apply. */
 export function fragmentPaths(configDirectory: string, arch: GuestArch): string[] {
   return [join(configDirectory, 'common.config'), join(configDirectory, `${arch}.config`)];
 }

@@ -13,7 +13,7 @@ export const KERNEL_TARGETS: Record<GuestArch, { makeArch: string; makeTarget: s
 /**
  * The one make call that builds the kernel. MAKEFLAGS from an outer make is
  * dropped: passed on, its `w` flag from `-C` would be read as a goal.
- * KBUILD_BUILD_VERSION stands in for the `.version` counter, which would
+ * KBUILD_BUILD_VERSION replaces the `.version` counter, which would
  * otherwise change `uname -v` on every build.
  */
 export function buildKernelCommand(

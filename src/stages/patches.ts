@@ -30,7 +30,8 @@ export async function listPatches(directory: string): Promise<PatchFile[]> {
       cause: error,
     });
   }
-  names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+  // Byte order, not the locale's: the series order must not depend on the user's language settings.
+  names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
   return Promise.all(
     names.map(async (name) => {
       const path = join(directory, name);
